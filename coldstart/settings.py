@@ -1,0 +1,99 @@
+"""One frozen settings object, read once from ``COLDSTART_*`` environment variables and CLI flags.
+
+Flags win over variables, variables over defaults. Nothing else in the code reads the environment.
+
+>>> s = Settings.from_env({"COLDSTART_PARTITIONS": "2"}, web_port=7000)
+>>> (s.partitions, s.web_port)
+(2, 7000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from coldstart.errors import ConfigError
+
+PREFIX = "COLDSTART_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "coldstart"
+    partitions: int = 4  # every user-keyed topic has this many, so one worker owns a user
+    replication_factor: int = 1
+    # Faust worker
+    data_dir: Path = Path("var/worker")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    batch_size: int = 512  # events per stream.take_events batch (bounds in-flight work)
+    batch_within_s: float = 0.05  # max wait to fill a batch: the latency floor
+    session_timeout_s: float = 60.0
+    # Model
+    model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    embedding_cache_size: int = 100_000  # (model version, text) -> vector entries
+    max_text_chars: int = 256
+    # Profiles
+    recent_events: int = 20  # per user, bounded
+    seen_event_ids: int = 256  # per user, for idempotency under at-least-once redelivery
+    half_life_s: float = 3600.0  # recency weighting of a user's events
+    # Items
+    item_queries: int = 16  # learned texts kept per item (catalogs without titles)
+    max_items: int = 1_000_000
+    # Registry / trainer
+    registry_uri: str = "var/registry"
+    buffer_dir: Path = Path("var/buffer")
+    # Local Kafka (coldstart kafka start)
+    kafka_version: str = "4.0.0"
+    kafka_port: int = 9092
+    kafka_dir: Path = Path("var/kafka")
+    # Data
+    shared_data: Path = Path("../shared/data")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``COLDSTART_<FIELD>`` variables, then ``overrides`` (None = unset)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _coerce(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {sorted(unknown)}")
+        for field in dataclasses.fields(cls):
+            if field.name in values and not isinstance(values[field.name], str):
+                values[field.name] = _coerce(field, str(values[field.name]))
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def kafka_broker(self) -> str:
+        """The ``kafka://`` URL faust wants."""
+        return ",".join(f"kafka://{hp.strip()}" for hp in self.bootstrap_servers.split(",") if hp.strip())
+
+
+def _coerce(field: dataclasses.Field, raw: str) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "Path":
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{field.name.upper()}={raw!r} is not a valid {kind}") from exc
