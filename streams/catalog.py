@@ -1,0 +1,103 @@
+"""Every worker's view of the whole catalog: titles from ``catalog.items`` and click evidence
+(popularity, learned item text) from ``events.click``, read from ALL partitions.
+
+A group consumer would give each worker only its share of items, but every worker must be able to
+recommend every item. So each worker reads both topics outside any consumer group, from the start of
+retention (``catalog.items`` is compacted: the latest title of every item), and keeps its item index
+in step. The index is a derived cache: rebuilt from Kafka on restart, never the source of truth.
+Invalid records are skipped here; the ``validate_catalog`` agent dead-letters them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from coldstart.errors import BadEvent
+from coldstart.settings import Settings
+from model.items import ClickEvidence
+from streams import topics as T
+from streams.records import parse_click, parse_item
+
+log = logging.getLogger(__name__)
+
+
+class CatalogReader:
+    def __init__(self, settings: Settings, worker) -> None:
+        self.settings = settings
+        self.worker = worker  # reads worker.model at every batch: follows hot-swaps
+        self.items_seen = 0
+        self.clicks_seen = 0
+        self.caught_up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Follow both topics forever; a failure restarts the reader (the index is idempotent)."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("catalog reader failed; restarting in 2 s")
+                await asyncio.sleep(2.0)
+
+    @staticmethod
+    async def _at_end(consumer, end) -> bool:
+        for tp, offset in end.items():
+            if await consumer.position(tp) < offset:
+                return False
+        return True
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id=f"{self.settings.app_id}-catalog-reader",
+        )
+        await consumer.start()
+        try:
+            tps = []
+            for topic in (T.CATALOG, T.CLICK):
+                parts = consumer.partitions_for_topic(topic)
+                while not parts:
+                    await consumer._client.force_metadata_update()
+                    parts = consumer.partitions_for_topic(topic)
+                    if not parts:
+                        await asyncio.sleep(0.5)
+                tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=50, max_records=2000)
+                if batch:
+                    self.apply([m for msgs in batch.values() for m in msgs])
+                if not self.caught_up.is_set() and await self._at_end(consumer, end):
+                    self.caught_up.set()
+                    log.info("catalog reader caught up: %d items, %d clicks",
+                             self.items_seen, self.clicks_seen)
+        finally:
+            await consumer.stop()
+
+    def apply(self, messages) -> None:
+        model = self.worker.model
+        clicks = []
+        for msg in messages:
+            try:
+                if msg.topic == T.CATALOG:
+                    item = parse_item(msg.value, msg.key)
+                    model.items.upsert(item.item_id, item.title)
+                    self.items_seen += 1
+                else:
+                    c = parse_click(msg.value, msg.key, now=time.time())
+                    clicks.append(ClickEvidence(c.event_id, c.item_id, c.query, c.ts))
+            except BadEvent:
+                continue
+        self.clicks_seen += model.items.observe_clicks(clicks)
+        model.items.refresh(model.encoder, model.cache)
+        self.worker.metrics.items.set(int(model.items.valid.sum()))

@@ -1,0 +1,83 @@
+"""Every coldstart metric in one typed container, created with the registry passed in (testable with a
+fresh ``CollectorRegistry``). Prometheus conventions: ``coldstart_`` prefix, base units, ``_total``
+counters, histograms for distributions, no per-user labels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+IMPORTANCE_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metrics:
+    events_in: Counter
+    events_out: Counter
+    dlq: Counter
+    event_to_profile_seconds: Histogram
+    batch_size: Histogram
+    batch_seconds: Histogram
+    encode_seconds: Histogram
+    encoded_texts: Counter
+    cache_lookups: Counter
+    importance: Histogram
+    profiles_updated: Counter
+    duplicate_events: Counter
+    cold_start_users: Gauge
+    profiles: Gauge
+    items: Gauge
+    model_version_info: Gauge
+    swaps: Counter
+    swaps_refused: Counter
+    swap_pause_seconds: Histogram
+    recommendations: Counter
+    recommendation_seconds: Histogram
+    consumer_lag: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+        def gauge(name, doc, labels=()):
+            return Gauge(name, doc, labels, namespace=namespace, registry=registry)
+
+        def histogram(name, doc, buckets, labels=()):
+            return Histogram(name, doc, labels, namespace=namespace, registry=registry, buckets=buckets)
+
+        return cls(
+            events_in=counter("events_in_total", "Events received, by type.", ["type"]),
+            events_out=counter("events_out_total", "Records produced, by topic.", ["topic"]),
+            dlq=counter("dlq_total", "Events sent to the dead-letter topic, by reason.", ["reason"]),
+            event_to_profile_seconds=histogram(
+                "event_to_profile_seconds", "From the event's Kafka timestamp to its profile update.",
+                LATENCY_BUCKETS),
+            batch_size=histogram("batch_events", "Events per processed batch.", BATCH_BUCKETS),
+            batch_seconds=histogram("batch_seconds", "Time to process one batch.", LATENCY_BUCKETS),
+            encode_seconds=histogram("encode_seconds", "Time spent in the encoder per batch.", LATENCY_BUCKETS),
+            encoded_texts=counter("encoded_texts_total", "Distinct texts run through the encoder."),
+            cache_lookups=counter("embedding_cache_lookups_total", "Embedding cache lookups.", ["result"]),
+            importance=histogram("importance_weight", "Importance weight per event, by type.",
+                                 IMPORTANCE_BUCKETS, ["type"]),
+            profiles_updated=counter("profile_updates_total", "Profile writes (one per user per batch)."),
+            duplicate_events=counter("duplicate_events_total", "Redelivered events ignored (idempotency)."),
+            cold_start_users=gauge("cold_start_users", "Users with at most 5 events on this worker."),
+            profiles=gauge("profiles", "Profiles held by this worker."),
+            items=gauge("items", "Recommendable items in the index."),
+            model_version_info=gauge("model_version_info", "The model version in service (value 1).",
+                                     ["version"]),
+            swaps=counter("model_swaps_total", "Model versions swapped in."),
+            swaps_refused=counter("model_swaps_refused_total", "Announced versions refused, by reason.",
+                                  ["reason"]),
+            swap_pause_seconds=histogram("model_swap_pause_seconds", "Stream pause while switching versions.",
+                                         LATENCY_BUCKETS),
+            recommendations=counter("recommendations_total", "Recommendation requests, by outcome.",
+                                    ["outcome"]),
+            recommendation_seconds=histogram("recommendation_seconds", "Recommendation request latency.",
+                                             LATENCY_BUCKETS),
+            consumer_lag=gauge("consumer_lag_messages", "Messages behind the log end, by topic.", ["topic"]),
+        )

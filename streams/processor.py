@@ -1,0 +1,289 @@
+"""The batch path, free of Kafka and Faust: decode -> encode -> score -> profile update -> retrieval.
+
+Agents hand a batch of parsed events and the current profile states to :class:`BatchProcessor` and
+write back what it returns; the web view asks :class:`Recommender`. Both use the model version in
+service (``ServingModel``), so every vector in one call comes from one vector space. The same code is
+what the GPU benchmark feeds in-process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from coldstart.settings import Settings
+from model.importance import catalog_loss, importance_weight, search_importance
+from model.items import ClickEvidence
+from model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
+from model.retrieval import score_items, top_k
+from model.serving import ServingModel
+from streams.records import ClickEvent, SearchEvent, TrainingSample, UserEvent
+from streams.state import ProfileState, RecentEvent
+
+COLD_START_EVENTS = 5
+
+
+@dataclasses.dataclass
+class BatchOutcome:
+    profiles: dict[str, ProfileState]  # the states to write back: one per touched user
+    samples: list[TrainingSample]
+    applied: list[UserEvent]  # events with an effect (duplicates removed)
+    duplicates: int
+    importance: dict[str, list[float]]  # per event type, for the histogram
+    encode_seconds: float
+    encoded_texts: int
+
+
+class BatchProcessor:
+    def __init__(self, settings: Settings, model: ServingModel) -> None:
+        self.settings = settings
+        self.model = model
+
+    def swap(self, model: ServingModel) -> None:
+        self.model = model
+
+    def process(self, events: Sequence[UserEvent], profiles: dict[str, ProfileState]) -> BatchOutcome:
+        model = self.model
+        s = self.settings
+        # 1. Idempotency: an event id already applied to its user changes nothing.
+        fresh: list[UserEvent] = []
+        duplicates = 0
+        batch_ids: set[str] = set()
+        for ev in events:
+            state = profiles.get(ev.user_id)
+            if ev.event_id in batch_ids or (state is not None and ev.event_id in state.seen):
+                duplicates += 1
+                continue
+            batch_ids.add(ev.event_id)
+            fresh.append(ev)
+
+        # 2. Item evidence from clicks (idempotent too), then vectors for the items whose text changed.
+        t0 = time.perf_counter()
+        misses_before = model.cache.misses
+        model.items.observe_clicks(
+            ClickEvidence(e.event_id, e.item_id, e.query, e.ts) for e in fresh if isinstance(e, ClickEvent))
+        model.items.refresh(model.encoder, model.cache)
+
+        # 3. Every distinct text of the batch encoded once (cache by version and text).
+        texts = sorted({e.query for e in fresh if e.query})
+        text_vecs = model.cache.encode(model.encoder, texts) if texts else None
+        text_row = {t: i for i, t in enumerate(texts)}
+        encode_seconds = time.perf_counter() - t0
+
+        # 4. Importance with the current model, per event, before it joins the profile.
+        item_vecs, item_valid = model.items.matrix()
+        weights = self._importance(fresh, profiles, text_vecs, text_row, item_vecs, item_valid)
+
+        # 5. Apply to the bounded per-user state.
+        touched: dict[str, ProfileState] = {}
+        importance: dict[str, list[float]] = {"search": [], "click": []}
+        samples: list[TrainingSample] = []
+        for ev, (w, loss) in zip(fresh, weights):
+            state = touched.get(ev.user_id) or profiles.get(ev.user_id) or ProfileState(ev.user_id)
+            touched[ev.user_id] = state
+            prior = state.n_events
+            history = " ; ".join(e.text or "" for e in state.events[-3:] if e.text)
+            state.add(
+                RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
+                            item_id=ev.item_id if isinstance(ev, ClickEvent) else None, weight=w),
+                max_events=s.recent_events, max_seen=s.seen_event_ids)
+            importance[ev.kind].append(w)
+            if isinstance(ev, ClickEvent) and ev.item_id in model.items.row:
+                row = model.items.row[ev.item_id]
+                samples.append(TrainingSample(
+                    sample_id=ev.event_id, user_id=ev.user_id, context=ev.query or history,
+                    item_id=ev.item_id, item_text=model.items.text(row), weight=w,
+                    loss=loss, prior_events=prior, model_version=model.version, ts=ev.ts))
+
+        # 6. One batched profile recomputation for every touched user, from their recent events.
+        if touched:
+            states = list(touched.values())
+            vectors = profile_matrix(model, states, s.half_life_s)
+            vecs_np = vectors.cpu().numpy()
+            for state, vec in zip(states, vecs_np):
+                state.vector = vec
+                state.version = model.version
+                state.updated_ts = max(e.ts for e in state.events)
+        return BatchOutcome(
+            profiles=touched, samples=samples, applied=fresh, duplicates=duplicates,
+            importance=importance, encode_seconds=encode_seconds,
+            encoded_texts=model.cache.misses - misses_before)
+
+    def _importance(self, events, profiles, text_vecs, text_row, item_vecs, item_valid) -> list[tuple[float, float]]:
+        model = self.model
+        n_items = int(item_valid.sum())
+        out: list[tuple[float, float]] = [(1.0, 0.0)] * len(events)
+        if not events:
+            return out
+        dev = model.device
+        # Prior event counts, including earlier events of the same batch.
+        running: dict[str, int] = {}
+        prior = []
+        for ev in events:
+            base = running.get(ev.user_id)
+            if base is None:
+                state = profiles.get(ev.user_id)
+                base = state.n_events if state else 0
+            prior.append(base)
+            running[ev.user_id] = base + 1
+        valid_vecs = item_vecs[item_valid] if n_items else item_vecs[:0]
+        valid_index = torch.cumsum(item_valid.long(), 0) - 1  # catalog row -> row among valid items
+
+        search_pos = [i for i, e in enumerate(events) if isinstance(e, SearchEvent)]
+        if search_pos and text_vecs is not None:
+            q = text_vecs[[text_row[events[i].query] for i in search_pos]]
+            p = torch.tensor([prior[i] for i in search_pos], device=dev, dtype=torch.float32)
+            w = search_importance(q, valid_vecs, p)
+            for i, wi in zip(search_pos, w.tolist()):
+                out[i] = (wi, 0.0)
+
+        click_pos, contexts, targets = [], [], []
+        for i, e in enumerate(events):
+            if not isinstance(e, ClickEvent):
+                continue
+            row = model.items.row.get(e.item_id)
+            if row is None or not bool(item_valid[row]):
+                continue
+            if e.query and text_vecs is not None:
+                ctx = text_vecs[text_row[e.query]]
+            else:
+                state = profiles.get(e.user_id)
+                if state is None or state.vector is None or state.version != model.version:
+                    continue
+                ctx = torch.from_numpy(state.vector).to(dev)
+            click_pos.append(i)
+            contexts.append(ctx)
+            targets.append(int(valid_index[row]))
+        if click_pos:
+            ctx = torch.stack(contexts)
+            loss = catalog_loss(ctx, valid_vecs, torch.tensor(targets, device=dev))
+            p = torch.tensor([prior[i] for i in click_pos], device=dev, dtype=torch.float32)
+            w = importance_weight(loss, max(n_items, 2), p)
+            for i, wi, li in zip(click_pos, w.tolist(), loss.tolist()):
+                out[i] = (wi, li)
+        # Clicks the model cannot score yet (an item with no vector, no context): neutral weight,
+        # boosted for cold users like any other event.
+        for i, e in enumerate(events):
+            if isinstance(e, ClickEvent) and out[i] == (1.0, 0.0):
+                p = torch.tensor([float(prior[i])], device=dev)
+                out[i] = (float(importance_weight(torch.tensor([np.log(max(n_items, 2))], device=dev),
+                                                  max(n_items, 2), p)[0]), 0.0)
+        return out
+
+
+def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):
+    """Vectors, weights and owners of the recent events of ``states`` in the serving vector space.
+
+    A search contributes its query; a click its item (or its query while the item has no vector).
+    Weight = importance at the time x recency relative to the user's newest event (event time, so a
+    replay gives the same profile as the live stream).
+    """
+    texts = sorted({e.text for st in states for e in st.events if e.text})
+    text_vecs = model.cache.encode(model.encoder, texts) if texts else None
+    text_row = {t: i for i, t in enumerate(texts)}
+    item_vecs, item_valid = model.items.matrix()
+    rows_txt, rows_item, slots, w, ts, owner, now = [], [], [], [], [], [], []
+    kinds = []  # 0 = text row, 1 = item row
+    for u, st in enumerate(states):
+        newest = max((e.ts for e in st.events), default=0.0)
+        for j, e in enumerate(st.events):
+            row = model.items.row.get(e.item_id) if e.item_id else None
+            if row is not None and bool(item_valid[row]):
+                kinds.append(1)
+                rows_item.append(row)
+            elif e.text:
+                kinds.append(0)
+                rows_txt.append(text_row[e.text])
+            else:
+                continue
+            slots.append((u, j))
+            w.append(e.weight)
+            ts.append(e.ts)
+            now.append(newest)
+            owner.append(u)
+    dev = model.device
+    dim = model.encoder.dim
+    if not slots:
+        return torch.zeros(0, dim, device=dev), torch.zeros(0, device=dev), torch.zeros(0, dtype=torch.long, device=dev), slots
+    kinds_t = torch.tensor(kinds, device=dev, dtype=torch.bool)
+    vecs = torch.empty(len(slots), dim, device=dev)
+    if rows_item:
+        vecs[kinds_t] = item_vecs[torch.tensor(rows_item, device=dev)]
+    if rows_txt:
+        vecs[~kinds_t] = text_vecs[torch.tensor(rows_txt, device=dev)]
+    ts_t = torch.tensor(ts, device=dev, dtype=torch.float64)
+    age_ref = torch.tensor(now, device=dev, dtype=torch.float64)
+    # recency relative to each user's newest event: weights = 0.5 ** (age / half-life)
+    recency = recency_weights(ts_t - age_ref, 0.0, half_life_s).float()
+    weights = torch.tensor(w, device=dev, dtype=torch.float32) * recency
+    return vecs, weights, torch.tensor(owner, device=dev, dtype=torch.long), slots
+
+
+def profile_matrix(model: ServingModel, states: Sequence[ProfileState], half_life_s: float) -> torch.Tensor:
+    vecs, weights, owner, _ = event_vectors(model, states, half_life_s)
+    return profile_vectors(vecs, weights, owner, len(states))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    text: str
+    because: list[dict]  # the user's events that contributed most: {event_id, kind, text|item_id, share}
+
+
+class Recommender:
+    def __init__(self, settings: Settings, model: ServingModel) -> None:
+        self.settings = settings
+        self.model = model
+
+    def swap(self, model: ServingModel) -> None:
+        self.model = model
+
+    def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:
+        model = self.model
+        item_vecs, item_valid = model.items.matrix()
+        n = item_vecs.shape[0]
+        if n == 0:
+            return []
+        dev = model.device
+        n_events = state.n_events if state else 0
+        if state is not None and state.events:
+            # A profile made by another version is recomputed from its recent events, never mixed.
+            if state.vector is not None and state.version == model.version:
+                profile = torch.from_numpy(state.vector).to(dev)[None]
+            else:
+                profile = profile_matrix(model, [state], self.settings.half_life_s)
+        else:
+            profile = torch.zeros(1, model.encoder.dim, device=dev)
+            n_events = 0
+        pop_w = popularity_blend(torch.tensor([float(n_events)], device=dev))
+        scores = score_items(profile, item_vecs, model.items.popularity(), pop_w)
+        exclude = ~item_valid[None].clone()
+        if exclude_clicked and state is not None:
+            rows = model.items.rows_of(state.clicked_items())
+            if rows:
+                exclude[0, rows] = True
+        # Items without a vector have no place in the profile space; keep them out entirely.
+        n_ok = int((~exclude).sum())
+        if n_ok == 0:
+            return []
+        vals, idx = top_k(scores, min(k, n_ok), exclude)
+        explain = None
+        if state is not None and state.events:
+            explain = event_vectors(model, [state], self.settings.half_life_s)
+        out = []
+        for score, row in zip(vals[0].tolist(), idx[0].tolist()):
+            because = []
+            if explain is not None and explain[0].shape[0]:
+                vecs, weights, _, slots = explain
+                for j, share in top_contributors(vecs, weights, item_vecs[row], k=2):
+                    ev = state.events[slots[j][1]]
+                    because.append({"event_id": ev.event_id, "kind": ev.kind,
+                                    "text": ev.text, "item_id": ev.item_id, "share": round(share, 3)})
+            out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
+        return out

@@ -1,0 +1,111 @@
+"""The importance weight's properties (Invariant 7): bounded, loss-monotone, noise-robust, cold-aware."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.importance import catalog_loss, cold_factor, importance_weight, learnability, search_importance
+
+N = 1000
+LOG_N = math.log(N)
+
+
+def weights_over(d: torch.Tensor, prior: float = 5.0, **kw: float) -> torch.Tensor:
+    return importance_weight(d * LOG_N, N, torch.full_like(d, prior), **kw)
+
+
+def test_catalog_loss_by_hand() -> None:
+    items = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    context = torch.tensor([[1.0, 0.0]])
+    cos = [1.0, 0.0, 1 / math.sqrt(2)]
+    expected = -(cos[2] / 0.5) + math.log(sum(math.exp(c / 0.5) for c in cos))
+    got = catalog_loss(context, items, torch.tensor([2]), temperature=0.5)
+    assert got.shape == (1,)
+    assert float(got[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_catalog_loss_is_per_row() -> None:
+    torch.manual_seed(0)
+    items = F.normalize(torch.randn(7, 4), dim=1)
+    ctx = F.normalize(torch.randn(3, 4), dim=1)
+    target = torch.tensor([0, 5, 6])
+    rows = torch.cat([catalog_loss(ctx[i:i + 1], items, target[i:i + 1]) for i in range(3)])
+    assert torch.allclose(catalog_loss(ctx, items, target), rows)
+
+
+def test_weight_rises_with_loss_below_noise_line() -> None:
+    d = torch.linspace(0.1, 1.25, 50)
+    w = weights_over(d)
+    assert torch.all(w[1:] > w[:-1])
+
+
+def test_weight_falls_far_above_noise_line() -> None:
+    d = torch.linspace(1.3, 4.0, 50)
+    w = weights_over(d, w_min=0.0)
+    assert torch.all(w[1:] < w[:-1])
+    assert float(weights_over(torch.tensor([6.0]))[0]) == pytest.approx(0.1)  # a likely mis-click: w_min
+
+
+def test_weight_is_bounded_even_for_broken_losses() -> None:
+    loss = torch.tensor([0.0, 1e-9, 3.0, 1e6, math.inf, math.nan, -1.0])
+    for prior in (0.0, 1.0, 100.0):
+        w = importance_weight(loss, N, torch.full_like(loss, prior), w_min=0.1, w_max=4.0, cold_boost=10.0)
+        assert torch.all(torch.isfinite(w)) and torch.all((w >= 0.1) & (w <= 4.0))
+    assert float(importance_weight(torch.tensor([math.nan]), N, torch.zeros(1))[0]) == pytest.approx(0.1)
+
+
+def test_cold_users_weigh_more() -> None:
+    d = torch.full((4,), 0.8)
+    w = importance_weight(d * LOG_N, N, torch.tensor([0.0, 1.0, 5.0, 50.0]))
+    assert torch.all(w[:-1] > w[1:])
+    assert float(w[0] / w[-1]) == pytest.approx(2.0 / (1 + 1 / 51), rel=1e-5)
+    assert torch.allclose(cold_factor(torch.tensor([0.0]), cold_boost=3.0), torch.tensor([4.0]))
+
+
+def test_normalised_difficulty_is_catalog_size_free() -> None:
+    # A model no better than uniform gets the same weight in a catalog of 10 and of 10,000.
+    small = importance_weight(torch.tensor([math.log(10)]), 10, torch.zeros(1))
+    large = importance_weight(torch.tensor([math.log(10_000)]), 10_000, torch.zeros(1))
+    assert torch.allclose(small, large)
+
+
+def test_uniform_model_loss_gives_weight_one_for_warm_user() -> None:
+    items = F.normalize(torch.randn(N, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    loss = catalog_loss(torch.zeros(1, 8), items, torch.tensor([3]))  # all logits equal: uniform
+    assert float(loss[0]) == pytest.approx(LOG_N, rel=1e-5)
+    w = importance_weight(loss, N, torch.tensor([1e9]))
+    assert float(w[0]) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_learnability_peaks_at_noise_line() -> None:
+    d = torch.linspace(0, 5, 501)
+    peak = float(d[learnability(d, noise_margin=0.5).argmax()])
+    assert peak == pytest.approx(1.5, abs=0.01)
+
+
+def test_search_importance_tracks_uncertainty() -> None:
+    items = torch.eye(4)
+    confident = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    unsure = torch.full((1, 4), 0.5)
+    prior = torch.tensor([10.0])
+    w_conf = search_importance(confident, items, prior)
+    w_unsure = search_importance(unsure, items, prior)
+    assert float(w_conf[0]) < float(w_unsure[0])
+    assert float(w_unsure[0]) == pytest.approx(1.0 + 1 / 11, rel=1e-5)  # entropy 1 x cold factor
+    assert float(search_importance(unsure, items, torch.zeros(1))[0]) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_search_importance_bounds_and_tiny_catalogs() -> None:
+    torch.manual_seed(2)
+    items = F.normalize(torch.randn(50, 8), dim=1)
+    q = F.normalize(torch.randn(20, 8), dim=1)
+    w = search_importance(q, items, torch.arange(20.0), w_min=0.2, w_max=1.5, cold_boost=5.0)
+    assert w.shape == (20,) and torch.all((w >= 0.2) & (w <= 1.5))
+    one = search_importance(q[:2], items[:1], torch.tensor([0.0, 3.0]))
+    assert torch.allclose(one, torch.tensor([2.0, 1.25]))
+    empty = search_importance(q[:1], items[:0], torch.tensor([1.0]), w_max=1.2)
+    assert torch.allclose(empty, torch.tensor([1.2]))

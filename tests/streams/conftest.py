@@ -1,0 +1,148 @@
+"""Fixtures for stream tests: real workers (subprocesses of `coldstart worker`) on the session broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class WorkerProcess:
+    bootstrap: str
+    app_id: str
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> "WorkerProcess":
+        env = {
+            **os.environ,
+            "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap,
+            "COLDSTART_APP_ID": self.app_id,
+            "COLDSTART_DATA_DIR": str(self.data_dir),
+            "COLDSTART_WEB_PORT": str(self.port),
+            "COLDSTART_PARTITIONS": "2",
+            "COLDSTART_DEVICE": "cpu",
+            # A killed member is replaced only after the session timeout: keep it short for tests.
+            "COLDSTART_SESSION_TIMEOUT_S": "10",
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/health")
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        raise RuntimeError(f"worker did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def get(self, path: str, timeout: float = 10.0) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def get_status(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def recommendations(self, user: str, k: int = 10, **params) -> dict:
+        query = "&".join([f"k={k}"] + [f"{a}={b}" for a, b in params.items()])
+        return self.get(f"/users/{user}/recommendations?{query}")
+
+    def wait_for_events(self, user: str, n_events: int, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        body = {}
+        while time.monotonic() < deadline:
+            try:
+                body = self.recommendations(user)
+            except (urllib.error.URLError, ConnectionError) as exc:  # 503 while (re)balancing
+                body = {"error": str(exc)}
+                time.sleep(0.5)
+                continue
+            if body["n_events"] >= n_events:
+                return body
+            time.sleep(0.25)
+        raise AssertionError(f"user {user} has {body.get('n_events')} events after {timeout} s, "
+                             f"expected {n_events}:\n{self.log_tail()}")
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def log_tail(self, n: int = 60) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def worker(kafka_bootstrap, tmp_path_factory):
+    """One worker per test module, with its own consumer group and table changelog."""
+    from coldstart.settings import Settings
+    from streams.topics import ensure_topics
+
+    ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
+    w = WorkerProcess(kafka_bootstrap, f"cs-test-{uuid.uuid4().hex[:8]}",
+                      tmp_path_factory.mktemp("worker") / "data").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def produce(kafka_bootstrap):
+    """Send raw events: produce(topic, key, value) with value a dict (JSON) or bytes."""
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=2)
+
+    def send(topic: str, key: str | None, value) -> None:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.send(topic, key=key.encode() if key is not None else None, value=raw)
+        producer.flush()
+
+    yield send
+    producer.close()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,217 @@
+"""The streaming core end to end, against the real broker and the real model: events in, profiles and
+recommendations out through the HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer
+
+from tests.streams.conftest import WorkerProcess, unique
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
+
+NOW = time.time()
+
+
+def item(item_id, title):
+    return {"item_id": item_id, "title": title, "ts": NOW}
+
+
+def search(user, query, ts=None, event_id=None):
+    return {"event_id": event_id or unique("s"), "user_id": user, "ts": ts or time.time(), "query": query}
+
+
+def click(user, item_id, query=None, ts=None, event_id=None):
+    body = {"event_id": event_id or unique("c"), "user_id": user, "ts": ts or time.time(), "item_id": item_id}
+    if query:
+        body["query"] = query
+    return body
+
+
+@pytest.fixture(scope="module")
+def catalog(worker, kafka_bootstrap):
+    from kafka import KafkaProducer
+
+    tag = uuid.uuid4().hex[:6]
+    items = {
+        f"hp-{tag}": "Wireless noise cancelling over-ear headphones",
+        f"kb-{tag}": "Mechanical gaming keyboard with RGB backlight",
+        f"st-{tag}": "Heavy duty office stapler, 40 sheets",
+        f"pan-{tag}": "Non-stick frying pan for the kitchen, 28 cm",
+    }
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for item_id, title in items.items():
+        producer.send("catalog.items", key=item_id.encode(), value=json.dumps(item(item_id, title)).encode())
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = worker.recommendations(unique("nobody"), k=1000)
+        if set(items) <= {i["item_id"] for i in body["items"]}:
+            return items
+        time.sleep(0.25)
+    raise AssertionError(f"catalog items never became recommendable:\n{worker.log_tail()}")
+
+
+def test_first_search_already_personalises(worker, produce, catalog):
+    user = unique("u")
+    produce("events.search", user, search(user, "bluetooth headphones for travel"))
+    body = worker.wait_for_events(user, 1)
+    assert body["strategy"] == "personal"
+    top = body["items"][0]
+    assert top["item_id"].startswith("hp-"), body["items"][:3]
+    assert top["because"] and top["because"][0]["kind"] == "search"
+    assert body["model_version"].startswith("base-")
+
+
+def test_unknown_user_gets_popularity_not_error(worker, catalog):
+    status, body = worker.get_status(f"/users/{unique('ghost')}/recommendations?k=3")
+    assert status == 200
+    assert body["strategy"] == "popular" and body["n_events"] == 0
+    assert len(body["items"]) == 3
+
+
+def test_bad_request_gets_400_with_message(worker):
+    status, body = worker.get_status("/users/x/recommendations?k=zero")
+    assert status == 400 and "k must be" in body["error"]
+
+
+def test_clicks_move_profile_and_clicked_item_is_excluded(worker, produce, catalog):
+    user = unique("u")
+    kb = next(i for i in catalog if i.startswith("kb-"))
+    produce("events.search", user, search(user, "office supplies"))
+    produce("events.click", user, click(user, kb, query="gaming keyboard"))
+    body = worker.wait_for_events(user, 2)
+    ids = [i["item_id"] for i in body["items"]]
+    assert kb not in ids  # just clicked: excluded by default
+    with_clicked = worker.recommendations(user, exclude_clicked="false")
+    assert kb in [i["item_id"] for i in with_clicked["items"]]
+
+
+def test_redelivered_event_is_ignored(worker, produce, catalog):
+    user = unique("u")
+    first = search(user, "frying pan", event_id=unique("dup"))
+    produce("events.search", user, first)
+    produce("events.search", user, first)  # at-least-once redelivery: same event id
+    produce("events.search", user, search(user, "kitchen pan"))
+    body = worker.wait_for_events(user, 2)
+    time.sleep(1.0)
+    body = worker.recommendations(user)
+    assert body["n_events"] == 2
+    assert "coldstart_duplicate_events_total" in worker.metrics_text()
+
+
+def test_new_catalog_item_is_recommendable_immediately(worker, produce, catalog):
+    user = unique("u")
+    new_id = unique("tent")
+    produce("catalog.items", new_id, item(new_id, "Four person camping tent, waterproof"))
+    produce("events.search", user, search(user, "camping tent for four people"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = worker.recommendations(user, k=1)
+        if body["n_events"] == 1 and body["items"][0]["item_id"] == new_id:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"new item not recommended: {body}")
+
+
+def test_item_without_title_learns_its_text_from_queries(worker, produce, catalog):
+    sku = unique("sku")
+    for i in range(3):
+        u = unique("u")
+        produce("events.click", u, click(u, sku, query="halo 3 xbox game"))
+    user = unique("u")
+    produce("events.search", user, search(user, "halo xbox"))
+    body = worker.wait_for_events(user, 1)
+    assert body["items"][0]["item_id"] == sku, body["items"][:3]
+    assert "halo 3" in body["items"][0]["text"]
+
+
+@pytest.mark.parametrize("topic,key,value,reason", [
+    ("events.search", "u-bad", b"{not json", "not_json"),
+    ("events.search", "u-bad", {"event_id": "x", "user_id": "u-bad", "ts": 1.7e9}, "missing_field"),
+    ("events.click", "u-bad", {"event_id": "x", "user_id": "u-bad", "ts": "yesterday", "item_id": "i"},
+     "bad_timestamp"),
+    ("events.click", "someone-else", {"event_id": "x", "user_id": "u-bad", "ts": 1.7e9, "item_id": "i"},
+     "key_mismatch"),
+    ("catalog.items", "i-bad", {"item_id": "i-bad"}, "missing_field"),
+])
+def test_malformed_events_go_to_dlq_with_reason(worker, produce, kafka_bootstrap, topic, key, value, reason):
+    marker = unique("m")
+    if isinstance(value, dict):
+        value = {**value, "marker": marker}
+        raw = json.dumps(value).encode()
+    else:
+        raw = value + marker.encode()
+    produce(topic, key, raw)
+    consumer = KafkaConsumer("events.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1000, group_id=None)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer:
+                record = json.loads(msg.value)
+                original = base64.b64decode(record["value_b64"])
+                if marker.encode() in original:
+                    assert original == raw  # the original bytes, untouched
+                    assert record["reason"] == reason
+                    assert record["topic"] == topic and record["offset"] >= 0
+                    assert f'coldstart_dlq_total{{reason="{reason}"}}' in worker.metrics_text()
+                    return
+    finally:
+        consumer.close()
+    raise AssertionError(f"no DLQ record for {marker}:\n{worker.log_tail()}")
+
+
+def test_training_samples_carry_importance(worker, produce, kafka_bootstrap, catalog):
+    user = unique("u")
+    hp = next(i for i in catalog if i.startswith("hp-"))
+    ev = click(user, hp, query="noise cancelling headphones")
+    produce("events.click", user, ev)
+    consumer = KafkaConsumer("training.samples", bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000, group_id=None)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer:
+                sample = json.loads(msg.value)
+                if sample.get("sample_id") == ev["event_id"]:
+                    assert msg.key == user.encode()
+                    assert 0.1 <= sample["weight"] <= 4.0
+                    assert sample["context"] == "noise cancelling headphones"
+                    assert sample["model_version"].startswith("base-")
+                    assert "coldstart_importance_weight_bucket" in worker.metrics_text()
+                    return
+    finally:
+        consumer.close()
+    raise AssertionError("no training sample")
+
+
+def test_restart_restores_profiles_from_changelog(kafka_bootstrap, tmp_path, produce, worker, catalog):
+    """A worker killed with SIGKILL and restarted on an EMPTY data dir rebuilds its table from the
+    changelog: profiles survive, and redelivered events still have no second effect."""
+    app_id = unique("cs-restart")
+    w = WorkerProcess(kafka_bootstrap, app_id, tmp_path / "a").start()
+    users = [unique("u") for _ in range(4)]
+    try:
+        for u in users:
+            produce("events.search", u, search(u, "wireless headphones"))
+            produce("events.search", u, search(u, "headphones with microphone"))
+        for u in users:
+            w.wait_for_events(u, 2)
+        time.sleep(4)  # past one offset-commit interval
+    finally:
+        w.stop(kill=True)
+    w2 = WorkerProcess(kafka_bootstrap, app_id, tmp_path / "b").start()
+    try:
+        for u in users:
+            body = w2.wait_for_events(u, 2, timeout=90)
+            assert body["n_events"] == 2
+            assert body["items"][0]["item_id"].startswith("hp-")
+    finally:
+        w2.stop()
