@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from coldstart.errors import ColdstartError
 from coldstart.settings import Settings

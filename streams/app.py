@@ -11,14 +11,15 @@ serializer the router would hash ``"u1"`` with quotes and route half the request
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Iterator
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.streams import _current_event  # the task-local event Faust's tables and sends read
 from prometheus_client import CollectorRegistry
 
 from coldstart.errors import BadEvent
@@ -91,7 +92,7 @@ class Worker:
         @app.agent(user_events, name="update_profiles")
         async def update_profiles(stream):
             async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
-                await self.handle_batch(stream, batch)
+                await self.handle_batch(batch)
 
         @app.agent(catalog, name="validate_catalog")
         async def validate_catalog(stream):
@@ -145,7 +146,7 @@ class Worker:
                 and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set())
 
     # ------------------------------------------------------------------------------- stream
-    async def handle_batch(self, stream, batch) -> None:
+    async def handle_batch(self, batch) -> None:
         started = time.perf_counter()
         m = self.metrics
         parsed = []
@@ -157,7 +158,7 @@ class Worker:
             try:
                 ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time())
             except BadEvent as exc:
-                with event_context(stream, event):
+                with event_context(event):
                     await self.dead_letter(exc, event)
                 continue
             parsed.append((ev, event))
@@ -166,18 +167,20 @@ class Worker:
             return
         states: dict[str, ProfileState] = {}
         for user_id, event in last_event_of.items():
-            with event_context(stream, event):
+            with event_context(event):
                 raw = self.profiles.get(user_id.encode())
             if raw is not None:
                 states[user_id] = ProfileState.loads(raw)
+        cache = self.model.cache
+        hits0, misses0 = cache.hits, cache.misses
         outcome = self.processor.process([ev for ev, _ in parsed], states)
         # One table write per touched user per batch, in the context of that user's last event so the
         # changelog record goes to the user's partition and is flushed before the offset commit.
         for user_id, state in outcome.profiles.items():
-            with event_context(stream, last_event_of[user_id]):
+            with event_context(last_event_of[user_id]):
                 self.profiles[user_id.encode()] = state.dumps()
         for sample in outcome.samples:
-            with event_context(stream, last_event_of[sample.user_id]):
+            with event_context(last_event_of[sample.user_id]):
                 await self.samples_topic.send(key=sample.user_id.encode(), value=sample)
         m.events_out.labels(T.SAMPLES).inc(len(outcome.samples))
         now = time.time()
@@ -192,7 +195,8 @@ class Worker:
         m.encode_seconds.observe(outcome.encode_seconds)
         m.encoded_texts.inc(outcome.encoded_texts)
         m.items.set(int(self.model.items.valid.sum()))
-        m.cache_lookups.labels("hit").inc(0)
+        m.cache_lookups.labels("hit").inc(cache.hits - hits0)
+        m.cache_lookups.labels("miss").inc(cache.misses - misses0)
         m.batch_seconds.observe(time.perf_counter() - started)
         cold = sum(1 for st in outcome.profiles.values() if st.n_events <= COLD_START_EVENTS)
         m.cold_start_users.set(cold)
@@ -235,16 +239,18 @@ class Worker:
 
 
 @contextlib.contextmanager
-def event_context(stream, event) -> Iterator[None]:
+def event_context(event) -> Iterator[None]:
     """Run table reads/writes and sends as if inside this event's iteration.
 
     ``stream.take_events`` hands over a list of events after they left the per-event context, and
-    Faust's RocksDB store and changelog pick the partition from the current event. Setting it to the
-    user's own event keeps every write on the user's partition, and sends are attached to the event so
-    they are flushed before its offset is committed.
+    Faust's RocksDB store, changelog and send attachments all read the *task-local* current event
+    (``faust.streams.current_event()``). Setting that context variable to the user's own event keeps
+    every write on the user's partition, and attaches sends to the event so they are flushed before
+    its offset is committed. ``stream.current_event`` is left alone on purpose: take_events' buffering
+    task, parked while we consume the batch, reads it when it resumes.
     """
-    stream._set_current_event(event)
+    token = _current_event.set(weakref.ref(event))
     try:
         yield
     finally:
-        stream._set_current_event(None)
+        _current_event.reset(token)

@@ -215,3 +215,28 @@ def test_restart_restores_profiles_from_changelog(kafka_bootstrap, tmp_path, pro
             assert body["items"][0]["item_id"].startswith("hp-")
     finally:
         w2.stop()
+
+
+def test_burst_every_event_has_exactly_one_effect(worker, kafka_bootstrap, catalog):
+    """Hundreds of events at once (full batches, the take buffer parked while a batch is written),
+    some redelivered: each user's event count equals the ground truth from what was produced."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    users = [unique("burst") for _ in range(150)]
+    truth = {u: 0 for u in users}
+    sent = []
+    for i in range(1200):
+        u = users[(i * 7) % len(users)]
+        ev = search(u, ["wireless headphones", "gaming keyboard", "stapler", "frying pan"][i % 4])
+        sent.append((u, ev))
+        truth[u] += 1
+    sent += sent[::10]  # 10% redelivered
+    for u, ev in sent:
+        producer.send("events.search", key=u.encode(), value=json.dumps(ev).encode())
+    producer.flush()
+    producer.close()
+    for u in users:
+        body = worker.wait_for_events(u, truth[u], timeout=120)
+        assert body["n_events"] == truth[u], (u, body["n_events"], truth[u])
+    assert worker.proc.poll() is None, worker.log_tail()
