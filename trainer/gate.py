@@ -1,0 +1,132 @@
+"""The evaluation gate: a candidate is published only if it does not lose to the serving model.
+
+Both models are scored on the same holdout, the most recent ``fraction`` of the buffer by event time
+(excluded from that round's training): each holdout context is ranked against the whole catalog the
+trainer knows, and we report recall@10 and nDCG@10 of the clicked item (one relevant item per row, so
+nDCG is ``1 / log2(rank + 2)`` inside the top 10, else 0).
+
+>>> decide({"recall@10": 0.30, "ndcg@10": 0.20, "n": 100}, {"recall@10": 0.31, "ndcg@10": 0.20, "n": 100}, 0.02)
+Decision(publish=True, reason='candidate within tolerance 0.02: recall@10 0.3000 vs 0.3100, ndcg@10 0.2000 vs 0.2000')
+>>> decide({"recall@10": 0.20, "ndcg@10": 0.20, "n": 100}, {"recall@10": 0.31, "ndcg@10": 0.20, "n": 100}, 0.02).publish
+False
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from trainer.rounds import encode_texts
+
+METRICS = ("recall@10", "ndcg@10")
+
+
+@dataclass(frozen=True)
+class Decision:
+    publish: bool
+    reason: str
+
+    @property
+    def outcome(self) -> str:
+        """Metric label: ``published`` or ``refused``."""
+        return "published" if self.publish else "refused"
+
+
+def split_holdout(samples: pa.Table, fraction: float, min_holdout: int = 1) -> tuple[pa.Table, pa.Table]:
+    """(train, holdout): the holdout is the most recent ``fraction`` of rows by event ``ts``.
+
+    >>> t = pa.table({"ts": [5.0, 1.0, 4.0, 2.0, 3.0]})
+    >>> train, hold = split_holdout(t, 0.4)
+    >>> train.column("ts").to_pylist(), hold.column("ts").to_pylist()
+    ([1.0, 2.0, 3.0], [4.0, 5.0])
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
+    ordered = samples.take(pc.sort_indices(samples, [("ts", "ascending")]))
+    n = ordered.num_rows
+    n_hold = min(n, max(min_holdout, math.ceil(n * fraction))) if n else 0
+    return ordered.slice(0, n - n_hold), ordered.slice(n - n_hold)
+
+
+def catalog_from(samples: pa.Table) -> dict[str, str]:
+    """item_id -> item_text (the latest text seen per item) from a sample table."""
+    ordered = samples.take(pc.sort_indices(samples, [("ts", "ascending")]))
+    return dict(zip(ordered.column("item_id").to_pylist(), ordered.column("item_text").to_pylist()))
+
+
+@torch.no_grad()
+def evaluate(model: Any, tokenizer: Any, holdout: pa.Table, catalog_texts: dict[str, str], *,
+             k: int = 10, max_length: int = 64, batch_size: int = 256,
+             item_vectors: torch.Tensor | None = None) -> dict[str, float]:
+    """Recall@k and nDCG@k of ``holdout`` (context -> item_id) ranked over the whole catalog.
+
+    ``model`` is a TextEncoder (``tokenizer`` may then be None) or a bare transformers module such as a
+    round's trained copy (encoded on its own device). A holdout item missing from the catalog is
+    added with its own ``item_text``, so every row has its target among the candidates.
+    ``item_vectors`` (rows in ``catalog_texts`` order, made by this model) skips encoding the catalog
+    when the caller has them already; every holdout item must then be in the catalog.
+    """
+    n = holdout.num_rows
+    if n == 0:
+        return {"recall@10": 0.0, "ndcg@10": 0.0, "n": 0}
+    contexts = holdout.column("context").to_pylist()
+    targets = holdout.column("item_id").to_pylist()
+    catalog = dict(catalog_texts)
+    if item_vectors is None:
+        for item_id, text in zip(targets, holdout.column("item_text").to_pylist()):
+            catalog.setdefault(item_id, text)
+    ids = list(catalog)
+    row = {item_id: i for i, item_id in enumerate(ids)}
+    missing = [t for t in targets if t not in row]
+    if missing:
+        raise ValueError(f"{len(missing)} holdout items are not in the catalog (e.g. {missing[0]!r})")
+    if item_vectors is None:
+        items = encode_texts(model, tokenizer, [catalog[i] for i in ids], max_length=max_length,
+                             batch_size=batch_size)
+    else:
+        items = item_vectors
+    queries = encode_texts(model, tokenizer, contexts, max_length=max_length, batch_size=batch_size)
+    queries = queries.to(items.device)
+    target_rows = torch.tensor([row[t] for t in targets], device=items.device)
+    ranks = ranks_of(queries, items, target_rows)
+    return ranking_metrics(ranks, k)
+
+
+def ranks_of(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """0-based rank of each target item among all items; ties count against the target, so a collapsed
+    model that scores every item alike ranks last rather than first."""
+    out = []
+    for start in range(0, queries.shape[0], chunk):
+        scores = queries[start:start + chunk] @ items.T
+        tgt = targets[start:start + chunk]
+        target_scores = scores.gather(1, tgt[:, None])
+        out.append((scores >= target_scores).sum(dim=1) - 1)
+    return torch.cat(out)
+
+
+def ranking_metrics(ranks: torch.Tensor, k: int = 10) -> dict[str, float]:
+    """
+    >>> ranking_metrics(torch.tensor([0, 1, 12]))
+    {'recall@10': 0.6666666666666666, 'ndcg@10': 0.5436432511904858, 'n': 3}
+    """
+    ranks = ranks.to(torch.float64)
+    hit = ranks < k
+    gains = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
+    return {f"recall@{k}": hit.double().mean().item(), f"ndcg@{k}": gains.mean().item(), "n": int(ranks.numel())}
+
+
+def decide(candidate: dict[str, float], serving: dict[str, float], tolerance: float) -> Decision:
+    """Publish only if neither recall@10 nor nDCG@10 is worse than serving by more than ``tolerance``."""
+    if candidate.get("n", 0) == 0:
+        return Decision(False, "empty holdout: nothing to judge the candidate on")
+    worse = [m for m in METRICS if candidate[m] < serving[m] - tolerance]
+    summary = ", ".join(f"{m} {candidate[m]:.4f} vs {serving[m]:.4f}" for m in METRICS)
+    if worse:
+        return Decision(False, f"candidate worse than serving by more than {tolerance} on "
+                               f"{'/'.join(worse)}: {summary}")
+    return Decision(True, f"candidate within tolerance {tolerance}: {summary}")

@@ -1,0 +1,415 @@
+"""``coldstart trainer``: consume training samples, fine-tune in rounds, gate, publish, announce.
+
+Loop (one process, one device)::
+
+    training.samples ─► poll ─► buffer.add ─► buffer.flush (fsync) ─► commit offsets
+                                  every round_every_s, or after round_min_samples new samples:
+                                  holdout split ─► fine_tune ─► gate ─► registry.publish ─► model.versions
+
+Offsets are committed only after the samples they cover are in a flushed segment (invariant 1). A round
+runs in a worker thread while the loop keeps consuming, so a long round never stalls the consumer
+group. ``Trainer`` is easy to drive from a test: ``await trainer.start()``, ``await trainer.poll_once()``,
+``trainer.run_round()``, ``await trainer.step()``, ``await trainer.stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from coldstart.errors import KafkaUnavailable
+from coldstart.settings import Settings
+from model.encoder import TextEncoder
+from model.registry import Registry
+from streams import topics as T
+from trainer.buffer import SampleBuffer
+from trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
+from trainer.publish import ANNOUNCE_KEY, announcement, load_encoder, publish_version
+from trainer.rounds import RoundResult, Sampling, encode_texts, fine_tune
+
+log = logging.getLogger(__name__)
+
+ROUND_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """The trainer's knobs (the lead wires them to Settings / CLI flags)."""
+
+    round_every_s: float = 600.0  # a round at least this often when new samples arrived
+    round_min_samples: int = 2_000  # ... or as soon as this many new samples arrived
+    min_train_samples: int = 64  # no round below this many buffered samples
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-5
+    sampling: Sampling = "importance"
+    time_budget_s: float = 300.0
+    holdout_fraction: float = 0.1
+    max_holdout: int = 2_000
+    tolerance: float = 0.005  # absolute recall@10 / ndcg@10 a candidate may lose and still ship
+    buffer_max_bytes: int = 1 << 30
+    buffer_max_age_s: float = 7 * 86_400.0
+    keep_versions: int = 5
+    poll_max_records: int = 5_000
+    poll_timeout_s: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerMetrics:
+    samples_in: Counter
+    loss: Gauge
+    steps: Counter
+    samples_per_second: Gauge
+    round_seconds: Histogram
+    rounds: Counter
+    eval_recall: Gauge
+    eval_ndcg: Gauge
+    gate_decisions: Counter
+    buffer_bytes: Gauge
+    buffer_samples: Gauge
+    buffer_age_seconds: Gauge
+    published_version_info: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "TrainerMetrics":
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, labels, namespace=namespace, registry=registry)
+
+        def gauge(name, doc, labels=()):
+            return Gauge(name, doc, labels, namespace=namespace, registry=registry)
+
+        return cls(
+            samples_in=counter("trainer_samples_in_total", "Training samples consumed, by result "
+                               "(buffered, duplicate, malformed).", ["result"]),
+            loss=gauge("trainer_loss", "Training loss of the last step of the last round."),
+            steps=counter("trainer_steps_total", "Optimiser steps taken."),
+            samples_per_second=gauge("trainer_samples_per_second", "Training throughput of the last round."),
+            round_seconds=Histogram("trainer_round_seconds", "Wall time of a whole round.", namespace=namespace,
+                                    registry=registry, buckets=ROUND_BUCKETS),
+            rounds=counter("trainer_rounds_total", "Rounds, by outcome (published, refused, skipped, failed).",
+                           ["outcome"]),
+            eval_recall=gauge("trainer_eval_recall_at_10", "Holdout recall@10, by model (candidate, serving).",
+                              ["model"]),
+            eval_ndcg=gauge("trainer_eval_ndcg_at_10", "Holdout nDCG@10, by model (candidate, serving).",
+                            ["model"]),
+            gate_decisions=counter("trainer_gate_decisions_total", "Evaluation gate decisions, by outcome.",
+                                   ["outcome"]),
+            buffer_bytes=gauge("trainer_buffer_bytes", "Bytes of Parquet segments in the buffer."),
+            buffer_samples=gauge("trainer_buffer_samples", "Samples held in the buffer."),
+            buffer_age_seconds=gauge("trainer_buffer_age_seconds", "Age of the oldest buffered sample."),
+            published_version_info=gauge("trainer_model_version_info", "The version the trainer trains "
+                                         "from (value 1).", ["version"]),
+        )
+
+
+@dataclasses.dataclass
+class RoundReport:
+    outcome: str  # published | refused | skipped
+    reason: str
+    version: str | None = None
+    result: RoundResult | None = dataclasses.field(default=None, repr=False)
+    candidate: dict[str, float] | None = None
+    serving: dict[str, float] | None = None
+    decision: Decision | None = None
+    n_train: int = 0
+    n_holdout: int = 0
+    seconds: float = 0.0
+
+
+class Trainer:
+    def __init__(self, settings: Settings, config: TrainerConfig = TrainerConfig(), *,
+                 metrics: TrainerMetrics | None = None, encoder: TextEncoder | None = None) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics or TrainerMetrics.create(CollectorRegistry())
+        self.buffer = SampleBuffer(settings.buffer_dir, config.buffer_max_bytes, config.buffer_max_age_s)
+        self.registry = Registry(settings.registry_uri, keep=config.keep_versions)
+        self.encoder = encoder or self._serving_encoder()
+        self.new_since_round = 0
+        self.last_round_ts = time.time()
+        self.rounds_run = 0
+        self._consumer = None
+        self._producer = None
+        self._round_task: asyncio.Task | None = None
+        self._set_version_metric(None)
+        self._update_buffer_metrics()
+
+    # ---------------------------------------------------------------------------- pure (no Kafka)
+    def ingest(self, samples: Iterable[Any]) -> int:
+        """add + flush (durable on return): the offsets of ``samples`` may be committed afterwards."""
+        samples = list(samples)
+        added = self.buffer.add(samples)
+        self.buffer.flush()
+        self.new_since_round += added
+        self.metrics.samples_in.labels("buffered").inc(added)
+        self.metrics.samples_in.labels("duplicate").inc(len(samples) - added)
+        self._update_buffer_metrics()
+        return added
+
+    def round_due(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        if self.buffer.n_samples < self.config.min_train_samples or self.new_since_round == 0:
+            return False
+        return (self.new_since_round >= self.config.round_min_samples
+                or now - self.last_round_ts >= self.config.round_every_s)
+
+    def run_round(self) -> RoundReport:
+        """One round on the buffer as it is now: split, fine-tune, gate, publish. Blocking."""
+        started = time.perf_counter()
+        cfg = self.config
+        self.new_since_round = 0
+        self.last_round_ts = time.time()
+        table = self.buffer.read()
+        train, holdout = split_holdout(table, cfg.holdout_fraction) if table.num_rows else (table, table)
+        if holdout.num_rows > cfg.max_holdout:
+            holdout = holdout.slice(holdout.num_rows - cfg.max_holdout)
+        if train.num_rows < max(2, cfg.min_train_samples - holdout.num_rows) or holdout.num_rows == 0:
+            self.metrics.rounds.labels("skipped").inc()
+            return RoundReport("skipped", f"{train.num_rows} training / {holdout.num_rows} holdout samples "
+                               "are too few", n_train=train.num_rows, n_holdout=holdout.num_rows)
+        self.rounds_run += 1
+        result = fine_tune(self.encoder, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                           sampling=cfg.sampling, time_budget_s=cfg.time_budget_s,
+                           seed=cfg.seed + self.rounds_run)
+        m = self.metrics
+        m.steps.inc(result.steps)
+        m.samples_per_second.set(result.samples_per_s)
+        if result.losses:
+            m.loss.set(result.last_loss)
+
+        catalog = catalog_from(table)
+        ids = list(catalog)
+        texts = [catalog[i] for i in ids]
+        cand_items = encode_texts(result.module, self.encoder.tokenizer, texts, max_length=self.encoder.max_length)
+        candidate = evaluate(result.module, self.encoder.tokenizer, holdout, catalog,
+                             max_length=self.encoder.max_length, item_vectors=cand_items)
+        serving = evaluate(self.encoder, None, holdout, catalog)
+        for name, scores in (("candidate", candidate), ("serving", serving)):
+            m.eval_recall.labels(name).set(scores["recall@10"])
+            m.eval_ndcg.labels(name).set(scores["ndcg@10"])
+        decision = decide(candidate, serving, cfg.tolerance)
+        m.gate_decisions.labels(decision.outcome).inc()
+        log.info("gate %s: %s (loss %.4f -> %.4f, %d steps, %.1f samples/s)", decision.outcome, decision.reason,
+                 result.first_loss, result.last_loss, result.steps, result.samples_per_s)
+        report = RoundReport(decision.outcome, decision.reason, result=result, candidate=candidate,
+                             serving=serving, decision=decision, n_train=train.num_rows,
+                             n_holdout=holdout.num_rows)
+        if decision.publish:
+            ts = train.column("ts")
+            window = (min(ts.to_pylist()), max(ts.to_pylist()))
+            version = publish_version(
+                self.registry, self.encoder, result.module, item_ids=ids, item_vectors=cand_items,
+                parent=self.encoder.version, base_model=self._base_model(), data_window=window,
+                metrics={"candidate_" + k: v for k, v in candidate.items()}
+                | {"serving_" + k: v for k, v in serving.items()}
+                | {"first_loss": result.first_loss, "last_loss": result.last_loss, "steps": result.steps,
+                   "n_train": train.num_rows, "sampling": cfg.sampling},
+            )
+            # Train the next round from what was published, loaded back through verification.
+            self.encoder, _ = load_encoder(self.registry, version, device=str(self.encoder.device),
+                                           max_length=self.encoder.max_length)
+            self._set_version_metric(version)
+            report.version = version
+            log.info("published %s (parent %s)", version, self.registry.manifest(version)["parent"])
+        del result.module  # the candidate's weights are either published or discarded
+        m.rounds.labels(report.outcome).inc()
+        report.seconds = time.perf_counter() - started
+        m.round_seconds.observe(report.seconds)
+        return report
+
+    # ---------------------------------------------------------------------------- Kafka
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            T.SAMPLES, bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-trainer",
+            client_id=f"{s.app_id}-trainer", enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
+            max_poll_records=self.config.poll_max_records)
+        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all",
+                                          client_id=f"{s.app_id}-trainer")
+        try:
+            await self._consumer.start()
+            await self._producer.start()
+        except KafkaError as exc:
+            await self.stop()
+            raise KafkaUnavailable(f"no Kafka broker answers at {s.bootstrap_servers} ({exc}); start one with "
+                                   "`coldstart kafka start` or set COLDSTART_BOOTSTRAP_SERVERS") from exc
+
+    async def stop(self) -> None:
+        if self._round_task is not None:
+            await asyncio.gather(self._round_task, return_exceptions=True)
+            self._round_task = None
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+        self._consumer = self._producer = None
+
+    async def poll_once(self, timeout_s: float | None = None) -> int:
+        """Consume one batch, make it durable, then commit its offsets. Returns samples buffered."""
+        timeout = self.config.poll_timeout_s if timeout_s is None else timeout_s
+        batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000),
+                                               max_records=self.config.poll_max_records)
+        if not batches:
+            self._update_buffer_metrics()
+            return 0
+        samples, offsets = [], {}
+        for tp, messages in batches.items():
+            for msg in messages:
+                sample = _decode(msg.value)
+                if sample is None:
+                    self.metrics.samples_in.labels("malformed").inc()
+                    log.warning("skipping malformed training sample at %s:%d:%d", tp.topic, tp.partition,
+                                msg.offset)
+                else:
+                    samples.append(sample)
+            offsets[tp] = messages[-1].offset + 1
+        added = await asyncio.to_thread(self.ingest, samples)
+        await self._consumer.commit(offsets)  # only now: the samples are in a flushed segment
+        return added
+
+    async def step(self) -> RoundReport | None:
+        """poll_once, then start a round in the background when one is due; returns a finished round."""
+        await self.poll_once()
+        report = None
+        if self._round_task is not None and self._round_task.done():
+            task, self._round_task = self._round_task, None
+            report = task.result()
+        if self._round_task is None and self.round_due():
+            self._round_task = asyncio.create_task(self.round_and_announce())
+        return report
+
+    async def round_and_announce(self) -> RoundReport | None:
+        try:
+            report = await asyncio.to_thread(self.run_round)
+        except Exception:  # a failed round must not stop the consumer; the next one retries
+            log.exception("training round failed")
+            self.metrics.rounds.labels("failed").inc()
+            return None
+        if report.version is not None:
+            await self.announce(report.version, "publish")
+        return report
+
+    async def announce(self, version: str, action: str) -> None:
+        record = announcement(self.registry, version, action)
+        await self._producer.send_and_wait(T.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
+        log.info("announced %s %s on %s", action, version, T.MODEL_VERSIONS)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        await self.start()
+        try:
+            while not stop.is_set():
+                await self.step()
+        finally:
+            await self.stop()
+
+    # ---------------------------------------------------------------------------- internals
+    def _serving_encoder(self) -> TextEncoder:
+        s = self.settings
+        if self.registry.current() is not None:
+            encoder, _ = load_encoder(self.registry, device=s.device)
+            return encoder
+        return TextEncoder(s.model_path or None, device=s.device)
+
+    def _base_model(self) -> str:
+        current = self.registry.current()
+        if current is not None and current == self.encoder.version:
+            return self.registry.manifest(current).get("base_model", "")
+        return self.encoder.version
+
+    def _set_version_metric(self, version: str | None) -> None:
+        self.metrics.published_version_info.clear()
+        self.metrics.published_version_info.labels(version or self.encoder.version).set(1)
+
+    def _update_buffer_metrics(self) -> None:
+        m = self.metrics
+        m.buffer_bytes.set(self.buffer.size_bytes)
+        m.buffer_samples.set(self.buffer.n_samples)
+        oldest = self.buffer.oldest_received_ts
+        m.buffer_age_seconds.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+
+
+def _decode(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        body = json.loads(value)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(body, dict) or not body.get("sample_id"):
+        return None
+    try:
+        weight = float(body["weight"])
+        return {
+            "sample_id": str(body["sample_id"]), "user_id": str(body["user_id"]), "context": str(body["context"]),
+            "item_id": str(body["item_id"]), "item_text": str(body["item_text"]),
+            "weight": weight if math.isfinite(weight) else 0.0, "loss": float(body.get("loss", 0.0)),
+            "prior_events": int(body.get("prior_events", 0)), "model_version": str(body.get("model_version", "")),
+            "ts": float(body["ts"]),
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# -------------------------------------------------------------------------------- entry points
+def run_trainer(settings: Settings, *, round_every_s: float = TrainerConfig.round_every_s,
+                round_min_samples: int = TrainerConfig.round_min_samples, metrics_port: int | None = None,
+                registry: CollectorRegistry | None = None, stop: asyncio.Event | None = None,
+                **config: Any) -> None:
+    """``coldstart trainer``: run until interrupted. ``config`` takes any other TrainerConfig field."""
+    cfg = TrainerConfig(round_every_s=round_every_s, round_min_samples=round_min_samples, **config)
+    registry = registry or CollectorRegistry()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=settings.web_host, registry=registry)
+    trainer = Trainer(settings, cfg, metrics=TrainerMetrics.create(registry))
+    asyncio.run(trainer.run(stop))
+
+
+def rollback(settings: Settings, version: str) -> None:
+    """``coldstart models rollback VERSION``: point CURRENT at ``version`` and announce it."""
+    registry = Registry(settings.registry_uri)
+    registry.set_current(version)
+    asyncio.run(_announce_once(settings, registry, version, "rollback"))
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """``coldstart models list``: every version with its manifest summary, oldest first."""
+    registry = Registry(settings.registry_uri)
+    current = registry.current()
+    out = []
+    for version in registry.list_versions():
+        manifest = registry.manifest(version)
+        out.append({"version": version, "current": version == current, "parent": manifest.get("parent"),
+                    "created_ts": manifest.get("created_ts"), "data_window": manifest.get("data_window"),
+                    "metrics": manifest.get("metrics", {}), "uri": registry.version_uri(version)})
+    return out
+
+
+async def _announce_once(settings: Settings, registry: Registry, version: str, action: str) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                client_id=f"{settings.app_id}-models")
+    try:
+        await producer.start()
+        record = announcement(registry, version, action)
+        await producer.send_and_wait(T.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
+    except KafkaError as exc:
+        raise KafkaUnavailable(f"CURRENT now names {version}, but the announcement failed: no Kafka broker at "
+                               f"{settings.bootstrap_servers} ({exc}); rerun the rollback once Kafka is up") from exc
+    finally:
+        await producer.stop()
