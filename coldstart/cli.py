@@ -98,6 +98,71 @@ def run_worker(s: Settings, loglevel: str = "info") -> None:
     faust.Worker(w.app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
+# ---------------------------------------------------------------------------------------- trainer
+@app.command()
+def trainer(bootstrap_servers: Optional[str] = Bootstrap,
+            registry_uri: Optional[str] = typer.Option(None, help="model registry path or URI [COLDSTART_REGISTRY_URI]"),
+            buffer_dir: Optional[Path] = typer.Option(None, help="Parquet sample buffer [COLDSTART_BUFFER_DIR]"),
+            round_every_s: float = typer.Option(600.0, help="a fine-tuning round at least this often (T)"),
+            round_min_samples: int = typer.Option(2000, help="... or after this many new samples (M)"),
+            steps: int = typer.Option(200, help="optimizer steps per round"),
+            sampling: str = typer.Option("importance", help="importance | weighted_loss | uniform"),
+            time_budget_s: float = typer.Option(300.0, help="wall-clock bound of one round"),
+            metrics_port: Optional[int] = typer.Option(6067, help="Prometheus /metrics port of the trainer"),
+            device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]")) -> None:
+    """Buffer training.samples, fine-tune periodically, gate, publish and announce new versions."""
+    from streams.topics import ensure_topics
+    from trainer.service import run_trainer
+
+    s = _settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri, buffer_dir=buffer_dir,
+                  device=device)
+    ensure_topics(s)
+    console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
+                  f"round every {round_every_s:.0f} s or {round_min_samples} samples")
+    run_trainer(s, round_every_s=round_every_s, round_min_samples=round_min_samples, metrics_port=metrics_port,
+                steps=steps, sampling=sampling, time_budget_s=time_budget_s)
+
+
+models_app = typer.Typer(help="The model registry: list versions, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(registry_uri: Optional[str] = typer.Option(None, help="[COLDSTART_REGISTRY_URI]")) -> None:
+    """Every published version, oldest first; * marks the one workers serve."""
+    from rich.table import Table
+
+    from trainer.service import list_versions
+
+    rows = list_versions(_settings(registry_uri=registry_uri))
+    table = Table(title="model versions")
+    for col in ("", "version", "parent", "created", "recall@10", "ndcg@10", "data window"):
+        table.add_column(col)
+    for r in rows:
+        m = r["metrics"]
+        window = r["data_window"] or [None, None]
+        table.add_row("*" if r["current"] else "", r["version"], str(r["parent"] or "-"),
+                      time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["created_ts"] or 0)),
+                      _fmt(m.get("candidate_recall@10")), _fmt(m.get("candidate_ndcg@10")),
+                      " .. ".join(time.strftime("%Y-%m-%d", time.gmtime(t)) if t else "-" for t in window))
+    Console().print(table if rows else "no versions published yet")
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+
+
+@models_app.command("rollback")
+def models_rollback(version: str = typer.Argument(..., help="e.g. v0003 (see `coldstart models list`)"),
+                    bootstrap_servers: Optional[str] = Bootstrap,
+                    registry_uri: Optional[str] = typer.Option(None, help="[COLDSTART_REGISTRY_URI]")) -> None:
+    """Point the registry at VERSION (verified first) and announce it: workers swap to it."""
+    from trainer.service import rollback
+
+    rollback(_settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri), version)
+    console.print(f"rolled back to {version}; workers swap between batches")
+
+
 # ---------------------------------------------------------------------------------------- replay
 @app.command()
 def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simulator | a JSONL/Parquet file"),

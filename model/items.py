@@ -45,6 +45,10 @@ class ItemIndex:
         self.pop = torch.zeros(capacity, device=device)
         self.pop_ts = 0.0
         self._dirty: set[int] = set()
+        # Every change to a row's text bumps the index revision and stamps the row, so a new model
+        # version built from a snapshot can catch up with the rows that changed meanwhile.
+        self.revision = 0
+        self.row_rev: list[int] = []
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen_cap = seen_clicks
 
@@ -56,7 +60,7 @@ class ItemIndex:
         row = self._row_for(item_id)
         if title and self.titles[row] != title:
             self.titles[row] = title
-            self._dirty.add(row)
+            self._changed(row)
         return row
 
     def observe_clicks(self, clicks: Iterable[ClickEvidence]) -> int:
@@ -123,8 +127,26 @@ class ItemIndex:
         other.pop[: len(self.ids)] = self.pop[: len(self.ids)].to(other.device)
         other.pop_ts = self.pop_ts
         other._seen = collections.OrderedDict(self._seen)
+        other.revision = self.revision
+        other.row_rev = list(self.row_rev)
         other._dirty = set(range(len(self.ids)))
         return other
+
+    def adopt(self, live: "ItemIndex", snapshot_revision: int) -> int:
+        """Take over ``live``'s items, texts, popularity and seen clicks (it is retired by the swap),
+        keeping this index's vectors for rows unchanged since ``snapshot_revision``; rows added or
+        changed since are marked for ``refresh``. Returns how many rows need re-encoding.
+        """
+        n = len(live.ids)
+        while self.vectors.shape[0] < n:
+            self._grow()
+        self.ids, self.row, self.titles, self.queries = live.ids, live.row, live.titles, live.queries
+        self._seen, self.revision, self.row_rev = live._seen, live.revision, live.row_rev
+        self.pop[:n] = live.pop[:n].to(self.device)
+        self.pop_ts = live.pop_ts
+        stale = [r for r in range(n) if self.row_rev[r] > snapshot_revision]
+        self._dirty.update(stale)
+        return len(stale)
 
     # ------------------------------------------------------------------------------ reads
     def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +178,14 @@ class ItemIndex:
         self.row[item_id] = row
         self.titles.append(None)
         self.queries.append(collections.Counter())
+        self.row_rev.append(0)
+        self._changed(row)
         return row
+
+    def _changed(self, row: int) -> None:
+        self.revision += 1
+        self.row_rev[row] = self.revision
+        self._dirty.add(row)
 
     def _grow(self) -> None:
         cap = self.vectors.shape[0] * 2
@@ -174,7 +203,7 @@ class ItemIndex:
             del counts[rarest]
         counts[query] += 1
         if not self.titles[row]:
-            self._dirty.add(row)
+            self._changed(row)
 
     def _decay_to(self, ts: float) -> None:
         if ts <= self.pop_ts:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from coldstart.errors import ArtifactRefused
 from model.encoder import EmbeddingCache, TextEncoder
 from model.items import ItemIndex
 
@@ -31,21 +32,29 @@ class ServingModel:
 
     @classmethod
     def load(cls, *, path: str | Path | None = None, device: str = "auto", version: str | None = None,
-             cache_size: int = 100_000, previous: "ServingModel | None" = None,
+             cache_size: int = 100_000, items: ItemIndex | None = None,
              max_items: int = 1_000_000, max_queries: int = 16,
              popularity_half_life_s: float = 3 * 86_400.0) -> "ServingModel":
-        """Load an encoder and (re)build the item index in its vector space.
+        """Load an encoder and build the item index in its vector space.
 
-        With ``previous``, items, texts and popularity carry over and every item vector is re-encoded
-        by the new encoder, so old and new vectors never mix.
+        ``items``: a snapshot of the serving index (``ItemIndex.copy_metadata``) whose every vector is
+        re-encoded here by the new encoder, so old and new vectors never mix.
         """
         encoder = TextEncoder(path, device=device, version=version)
-        # A fresh cache per version: entries of the old version are useless to the new one.
+        # A fresh cache per version: entries of another version are useless to this one.
         cache = EmbeddingCache(cache_size)
-        if previous is not None:
-            items = previous.items.copy_metadata(encoder.device)
-        else:
+        if items is None:
             items = ItemIndex(encoder.dim, encoder.device, max_items=max_items, max_queries=max_queries,
                               popularity_half_life_s=popularity_half_life_s)
         items.reencode_all(encoder, cache)
-        return cls(encoder, cache, items)
+        model = cls(encoder, cache, items)
+        model.smoke_check()
+        return model
+
+    def smoke_check(self) -> None:
+        """Refuse an encoder that does not produce finite unit vectors of the index's dimension."""
+        vec = self.encoder.encode(["smoke test: wireless headphones"])
+        if vec.shape != (1, self.items.dim):
+            raise ArtifactRefused(f"smoke encode gave shape {tuple(vec.shape)}, expected (1, {self.items.dim})")
+        if not torch.isfinite(vec).all() or abs(float(vec.norm()) - 1.0) > 1e-3:
+            raise ArtifactRefused("smoke encode gave a non-finite or non-unit vector")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import asyncio
 import time
 import weakref
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from streams.metrics import Metrics
 from streams.processor import COLD_START_EVENTS, BatchProcessor, Recommender
 from streams.records import PARSERS, DeadLetter, parse_item
 from streams.state import ProfileState
+from streams.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,17 @@ class Worker:
         self.recommender = Recommender(settings, self.model)
         self.metrics.model_version_info.labels(self.model.version).set(1)
         self._router_ready = False
+        self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
+
+    def swap(self, model: ServingModel) -> None:
+        """Switch every consumer of the model at once (called between batches, under batch_lock)."""
+        old = self.model.version
+        self.model = model
+        self.processor.swap(model)
+        self.recommender.swap(model)
+        self.metrics.model_version_info.labels(old).set(0)
+        self.metrics.model_version_info.labels(model.version).set(1)
 
     # ---------------------------------------------------------------------------------- app
     def _build_app(self) -> faust.App:
@@ -88,11 +100,13 @@ class Worker:
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
             help="user id -> ProfileState (bounded recent events, vector, model version)")
         self.catalog_reader = CatalogReader(s, self)
+        self.swapper = ModelSwapper(s, self)
 
         @app.agent(user_events, name="update_profiles")
         async def update_profiles(stream):
             async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
-                await self.handle_batch(batch)
+                async with self.batch_lock:
+                    await self.handle_batch(batch)
 
         @app.agent(catalog, name="validate_catalog")
         async def validate_catalog(stream):
@@ -107,6 +121,10 @@ class Worker:
         @app.task
         async def read_catalog() -> None:
             await self.catalog_reader.run()
+
+        @app.task
+        async def follow_model_versions() -> None:
+            await self.swapper.run()
 
         async def owned_recommendations(web, request, user_id: str):
             return await self.recommendations_view(web, request, user_id)
@@ -143,7 +161,8 @@ class Worker:
         """Serving: partitions assigned, table recovered from its changelog, catalog caught up."""
         app = self.app
         return (not app.rebalancing and app.tables.recovery.completed.is_set()
-                and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set())
+                and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set()
+                and self.swapper.caught_up.is_set())
 
     # ------------------------------------------------------------------------------- stream
     async def handle_batch(self, batch) -> None:

@@ -33,6 +33,7 @@ class WorkerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -49,6 +50,8 @@ class WorkerProcess:
             "COLDSTART_DEVICE": "cpu",
             # A killed member is replaced only after the session timeout: keep it short for tests.
             "COLDSTART_SESSION_TIMEOUT_S": "10",
+            "COLDSTART_REGISTRY_URI": str(self.data_dir.parent / "registry"),
+            **self.extra_env,
         }
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"

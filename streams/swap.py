@@ -1,0 +1,114 @@
+"""Hot-swap: follow ``model.versions``, load and verify a version off the event loop, switch between
+batches.
+
+Invariant 4 of the design. The expensive part (checksums, loading the encoder, re-encoding every item
+in the new vector space, a smoke encode) runs in a worker thread on a snapshot of the item index while
+the stream keeps flowing on the old version. The switch itself takes the batch lock, so it happens
+between two batches: it adopts the items that changed since the snapshot, re-encodes only those, and
+swaps the model reference. A version that fails to load or verify is refused and counted, and the old
+one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from coldstart.errors import ArtifactRefused
+from coldstart.settings import Settings
+from model.registry import Registry
+from model.serving import ServingModel
+from streams import topics as T
+from streams.records import ModelAnnouncement
+
+log = logging.getLogger(__name__)
+
+
+class ModelSwapper:
+    def __init__(self, settings: Settings, worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.registry = Registry(settings.registry_uri)
+        self.caught_up = asyncio.Event()
+        self.last_refused: str | None = None
+
+    async def run(self) -> None:
+        """Follow the compacted topic forever; on start, apply only the latest announcement."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("model watcher failed; restarting in 2 s")
+                await asyncio.sleep(2.0)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id=f"{self.settings.app_id}-model-watcher")
+        await consumer.start()
+        try:
+            tp = TopicPartition(T.MODEL_VERSIONS, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=100)
+                messages = [m for msgs in batch.values() for m in msgs]
+                if messages:
+                    latest = messages[-1]  # compacted "current": only the newest matters
+                    try:
+                        announcement = ModelAnnouncement.loads(latest.value)
+                    except Exception as exc:  # a foreign or corrupt record
+                        self._refuse("bad_announcement", f"{exc}")
+                    else:
+                        await self.apply(announcement)
+                if not self.caught_up.is_set() and await consumer.position(tp) >= end:
+                    self.caught_up.set()
+        finally:
+            await consumer.stop()
+
+    async def apply(self, announcement: ModelAnnouncement) -> bool:
+        worker = self.worker
+        if announcement.version == worker.model.version:
+            return False
+        log.info("model %s announced (%s): loading off the event loop", announcement.version,
+                 announcement.action)
+        snapshot = worker.model.items.copy_metadata()
+        revision = snapshot.revision
+        loop = asyncio.get_running_loop()
+        try:
+            model = await loop.run_in_executor(None, self._build, announcement.version, snapshot)
+        except ArtifactRefused as exc:
+            self._refuse("verification", str(exc))
+            return False
+        except Exception as exc:  # a version that cannot load must never take the worker down
+            self._refuse("load", f"{type(exc).__name__}: {exc}")
+            return False
+        async with worker.batch_lock:  # between batches
+            started = time.perf_counter()
+            stale = model.items.adopt(worker.model.items, revision)
+            model.items.refresh(model.encoder, model.cache)
+            worker.swap(model)
+            pause = time.perf_counter() - started
+        worker.metrics.swap_pause_seconds.observe(pause)
+        worker.metrics.swaps.inc()
+        log.warning("now serving model %s (%s; pause %.1f ms, %d items caught up)",
+                    model.version, announcement.action, pause * 1e3, stale)
+        return True
+
+    def _build(self, version: str, snapshot) -> ServingModel:
+        loaded = self.registry.load(version)  # verifies every sha256, raises ArtifactRefused
+        s = self.settings
+        return ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
+                                 cache_size=s.embedding_cache_size, items=snapshot)
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.last_refused = detail
+        self.worker.metrics.swaps_refused.labels(reason).inc()
+        log.error("refused model version (%s): %s; still serving %s", reason, detail,
+                  self.worker.model.version)

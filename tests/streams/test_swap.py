@@ -1,0 +1,138 @@
+"""Hot-swap against the real broker: a version published while events flow is picked up between
+batches, every event still has exactly one effect, a corrupted artifact is refused while the old
+version keeps serving, and rollback is one command."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from coldstart.settings import Settings
+from model.encoder import TextEncoder, default_model_path
+from model.registry import Registry
+from tests.streams.conftest import WorkerProcess, unique
+from trainer.publish import ANNOUNCE_KEY, announcement
+from trainer.service import rollback
+
+pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
+
+
+def publish(registry: Registry, encoder: TextEncoder, nudge: float = 0.0) -> str:
+    """A real registry version: the base encoder's weights (optionally nudged), safetensors + manifest."""
+    state = {k: (v + nudge * 1e-3 if v.is_floating_point() and "LayerNorm" not in k else v).clone()
+             for k, v in encoder.module.state_dict().items()}
+    ids = ["x1", "x2"]
+    vecs = encoder.encode(["alpha", "beta"])
+    return registry.publish(state, base_dir=encoder.path, item_ids=ids, item_vectors=vecs, parent=None,
+                            base_model=encoder.version, data_window=[0.0, 1.0], metrics={})
+
+
+def announce(bootstrap: str, registry: Registry, version: str, action: str = "publish") -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer.send("model.versions", key=ANNOUNCE_KEY, value=announcement(registry, version, action).dumps())
+    producer.flush()
+    producer.close()
+
+
+def wait_version(worker: WorkerProcess, user: str, version: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    body = {}
+    while time.monotonic() < deadline:
+        body = worker.recommendations(user)
+        if body["model_version"] == version:
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"still serving {body.get('model_version')}, expected {version}:\n{worker.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def swap_worker(kafka_bootstrap, tmp_path_factory):
+    from streams.topics import ensure_topics
+
+    ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
+    root = tmp_path_factory.mktemp("swap")
+    w = WorkerProcess(kafka_bootstrap, unique("cs-swap"), root / "data",
+                      extra_env={"COLDSTART_REGISTRY_URI": str(root / "registry")}).start()
+    yield w, Registry(root / "registry")
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder(default_model_path(), device="cpu")
+
+
+def test_swap_during_stream_keeps_exactly_one_effect(swap_worker, kafka_bootstrap, encoder):
+    worker, registry = swap_worker
+    item_id = unique("hp")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+    producer.send("catalog.items", key=item_id.encode(),
+                  value=json.dumps({"item_id": item_id, "title": "Wireless noise cancelling headphones"}).encode())
+    users = [unique("sw") for _ in range(60)]
+    truth = {u: 0 for u in users}
+    events = []
+    for i in range(900):
+        u = users[i % len(users)]
+        truth[u] += 1
+        events.append((u, {"event_id": unique("e"), "user_id": u, "ts": time.time(), "query": "headphones"}))
+
+    def stream() -> None:
+        for j, (u, ev) in enumerate(events):
+            producer.send("events.search", key=u.encode(), value=json.dumps(ev).encode())
+            if j % 50 == 0:
+                producer.flush()
+                time.sleep(0.05)  # a steady stream across the swap
+        producer.flush()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    version = publish(registry, encoder)
+    announce(kafka_bootstrap, registry, version)
+    thread.join()
+    producer.close()
+    body = wait_version(worker, users[0], version)
+    for u in users:
+        body = worker.wait_for_events(u, truth[u], timeout=120)
+        assert body["n_events"] == truth[u]
+        assert body["model_version"] == version
+    assert body["items"][0]["item_id"] == item_id  # items re-encoded in the new vector space
+    metrics = worker.metrics_text()
+    assert "coldstart_model_swaps_total 1.0" in metrics
+    assert f'coldstart_model_version_info{{version="{version}"}} 1.0' in metrics
+
+
+def test_corrupted_artifact_is_refused_and_old_version_serves(swap_worker, kafka_bootstrap, encoder):
+    worker, registry = swap_worker
+    serving = worker.recommendations(unique("u"))["model_version"]
+    bad = publish(registry, encoder, nudge=1.0)
+    weights = Path(registry.root) / "versions" / bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    announce(kafka_bootstrap, registry, bad)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if 'coldstart_model_swaps_refused_total{reason="verification"}' in worker.metrics_text():
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no refusal counted:\n{worker.log_tail()}")
+    assert worker.recommendations(unique("u"))["model_version"] == serving
+    assert worker.proc.poll() is None
+
+
+def test_rollback_restores_previous_version(swap_worker, kafka_bootstrap, encoder):
+    worker, registry = swap_worker
+    first = worker.recommendations(unique("u"))["model_version"]
+    newer = publish(registry, encoder, nudge=0.5)
+    announce(kafka_bootstrap, registry, newer)
+    wait_version(worker, unique("u"), newer)
+    settings = Settings(bootstrap_servers=kafka_bootstrap, registry_uri=registry.uri)
+    rollback(settings, first)
+    wait_version(worker, unique("u"), first)
+    assert registry.current() == first
