@@ -126,6 +126,20 @@ class Worker:
         async def follow_model_versions() -> None:
             await self.swapper.run()
 
+        @app.timer(interval=5.0)
+        async def measure_lag() -> None:
+            # Committed offsets behind the log end, per source topic (what kafka-consumer-groups shows).
+            lag: dict[str, int] = {}
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                if tp.topic not in T.USER_TOPICS:
+                    continue
+                end = consumer.highwater(tp)
+                committed = consumer._committed_offset.get(tp) or 0
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, (end or 0) - committed)
+            for topic, value in lag.items():
+                self.metrics.consumer_lag.labels(topic).set(value)
+
         async def owned_recommendations(web, request, user_id: str):
             return await self.recommendations_view(web, request, user_id)
 

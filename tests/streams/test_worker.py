@@ -240,3 +240,17 @@ def test_burst_every_event_has_exactly_one_effect(worker, kafka_bootstrap, catal
         body = worker.wait_for_events(u, truth[u], timeout=120)
         assert body["n_events"] == truth[u], (u, body["n_events"], truth[u])
     assert worker.proc.poll() is None, worker.log_tail()
+
+
+def test_consumer_lag_is_measured_and_drains(worker):
+    deadline = time.monotonic() + 30
+    line = ""
+    while time.monotonic() < deadline:
+        lines = [x for x in worker.metrics_text().splitlines()
+                 if x.startswith('coldstart_consumer_lag_messages{topic="events.search"}')]
+        if lines:
+            line = lines[0]
+            if float(line.split()[-1]) == 0.0:  # everything produced so far is committed
+                return
+        time.sleep(1.0)
+    raise AssertionError(f"lag metric missing or not draining: {line!r}")
