@@ -197,16 +197,15 @@ def bench_stream(settings: Settings, latency_events: int = 5000, latency_rate: f
 
 
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.catalog import assign_all_partitions
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in ("events.search", "events.click")
-               for p in consumer.partitions_for_topic(t)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await assign_all_partitions(consumer, ("events.search", "events.click"))
         seen = 0
         t0 = time.perf_counter()
         while seen < n:

@@ -203,6 +203,16 @@ def demo(events: int = typer.Option(3000, help="simulated events to replay"),
              external_kafka=bool(os.environ.get("COLDSTART_BOOTSTRAP_SERVERS")))
 
 
+# ---------------------------------------------------------------------------------------- eval
+def _mount_eval() -> None:
+    from coldstart.evaluation.cli import eval_app
+
+    app.add_typer(eval_app, name="eval", help="Prequential cold-start evaluation through the live pipeline.")
+
+
+_mount_eval()
+
+
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
 def bench(which: str = typer.Argument("all", help="encode | batch | stream | all"),

@@ -49,6 +49,9 @@ class ItemIndex:
         # version built from a snapshot can catch up with the rows that changed meanwhile.
         self.revision = 0
         self.row_rev: list[int] = []
+        # Query -> clicked rows with counts: the query->click memory, mirroring ``queries`` (bounded
+        # by it: at most max_queries entries per item).
+        self.query_rows: dict[str, dict[int, int]] = {}
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen_cap = seen_clicks
 
@@ -124,6 +127,7 @@ class ItemIndex:
         other.row = dict(self.row)
         other.titles = list(self.titles)
         other.queries = [collections.Counter(q) for q in self.queries]
+        other.query_rows = {q: dict(rows) for q, rows in self.query_rows.items()}
         other.pop[: len(self.ids)] = self.pop[: len(self.ids)].to(other.device)
         other.pop_ts = self.pop_ts
         other._seen = collections.OrderedDict(self._seen)
@@ -141,6 +145,7 @@ class ItemIndex:
         while self.vectors.shape[0] < n:
             self._grow()
         self.ids, self.row, self.titles, self.queries = live.ids, live.row, live.titles, live.queries
+        self.query_rows = live.query_rows
         self._seen, self.revision, self.row_rev = live._seen, live.revision, live.row_rev
         self.pop[:n] = live.pop[:n].to(self.device)
         self.pop_ts = live.pop_ts
@@ -155,6 +160,20 @@ class ItemIndex:
 
     def popularity(self) -> torch.Tensor:
         return popularity_scores(self.pop[: len(self.ids)])
+
+    def query_memory(self, query: str) -> torch.Tensor | None:
+        """Past clicks after exactly this (normalised) query, as scores in [0, 1] per row; None if never seen.
+
+        Only clicks already observed count, so nothing from the future leaks into a ranking.
+        """
+        rows = self.query_rows.get(query)
+        if not rows:
+            return None
+        out = torch.zeros(len(self.ids), device=self.device)
+        idx = torch.tensor(list(rows.keys()), device=self.device)
+        counts = torch.tensor(list(rows.values()), dtype=torch.float32, device=self.device)
+        out[idx] = torch.log1p(counts) / math.log1p(float(counts.max()))
+        return out
 
     def text(self, row: int) -> str:
         if self.titles[row]:
@@ -201,7 +220,13 @@ class ItemIndex:
             # Bounded: a new query replaces the rarest one (ties: the oldest inserted).
             rarest = min(counts, key=counts.__getitem__)
             del counts[rarest]
+            rows = self.query_rows.get(rarest)
+            if rows is not None:
+                rows.pop(row, None)
+                if not rows:
+                    del self.query_rows[rarest]
         counts[query] += 1
+        self.query_rows.setdefault(query, {})[row] = counts[query]
         if not self.titles[row]:
             self._changed(row)
 

@@ -61,17 +61,7 @@ class CatalogReader:
         )
         await consumer.start()
         try:
-            tps = []
-            for topic in (T.CATALOG, T.CLICK):
-                parts = consumer.partitions_for_topic(topic)
-                while not parts:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(topic)
-                    if not parts:
-                        await asyncio.sleep(0.5)
-                tps += [TopicPartition(topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            tps = await assign_all_partitions(consumer, (T.CATALOG, T.CLICK))
             end = await consumer.end_offsets(tps)
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -101,3 +91,19 @@ class CatalogReader:
         self.clicks_seen += model.items.observe_clicks(clicks)
         model.items.refresh(model.encoder, model.cache)
         self.worker.metrics.items.set(int(model.items.valid.sum()))
+
+
+async def assign_all_partitions(consumer: AIOKafkaConsumer, topics) -> list[TopicPartition]:
+    """Assign every partition of ``topics`` (no consumer group) and seek to the beginning."""
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        parts = consumer.partitions_for_topic(topic)
+        while not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await asyncio.sleep(0.5)
+        tps += [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    return tps

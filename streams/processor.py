@@ -25,6 +25,7 @@ from streams.records import ClickEvent, SearchEvent, TrainingSample, UserEvent
 from streams.state import ProfileState, RecentEvent
 
 COLD_START_EVENTS = 5
+QUERY_MEMORY_WEIGHT = 1.0  # a full popularity-or-similarity unit: past clicks on this query dominate
 
 
 @dataclasses.dataclass
@@ -281,6 +282,12 @@ class Recommender:
             n_events = 0
         pop_w = popularity_blend(torch.tensor([float(n_events)], device=dev))
         scores = score_items(profile, item_vecs, model.items.popularity(), pop_w)
+        # Query->click memory: when the user's newest event is a search, the items other users clicked
+        # after that same query are the strongest evidence there is (search -> click).
+        if state is not None and state.events and state.events[-1].kind == "search" and state.events[-1].text:
+            memory = model.items.query_memory(state.events[-1].text)
+            if memory is not None:
+                scores = scores + QUERY_MEMORY_WEIGHT * memory[None]
         exclude = ~item_valid[None].clone()
         if exclude_clicked and state is not None:
             rows = model.items.rows_of(state.clicked_items())

@@ -254,3 +254,17 @@ def test_consumer_lag_is_measured_and_drains(worker):
                 return
         time.sleep(1.0)
     raise AssertionError(f"lag metric missing or not draining: {line!r}")
+
+
+def test_query_click_memory_ranks_what_others_clicked_after_that_query(worker, produce, catalog):
+    chair = unique("chair")
+    produce("catalog.items", chair, item(chair, "Ergonomic mesh office chair"))
+    for _ in range(2):
+        u = unique("u")
+        produce("events.search", u, search(u, "birthday present for dad"))
+        produce("events.click", u, click(u, chair, query="birthday present for dad"))
+    worker.wait_for_events(u, 2)
+    user = unique("u")
+    produce("events.search", user, search(user, "birthday present for dad"))
+    body = worker.wait_for_events(user, 1)
+    assert body["items"][0]["item_id"] == chair, body["items"][:3]

@@ -1,0 +1,491 @@
+"""The prequential runner: replay a stream through Kafka, and before each click ask the live worker
+(and every in-process baseline) for the user's top-K, then replay and learn the click.
+
+Nothing from the future reaches a ranking:
+
+- events are sent in stream order, except searches sent ahead to keep the worker busy — only searches
+  of users with no unreplayed click before them (a search changes its own user's profile only);
+- clicks and catalog items, which change shared state (popularity, item texts), are sent only after
+  every earlier click was ranked;
+- before ranking a click, the runner waits until the worker has applied every earlier event of that
+  user (``n_events`` in the API answer), and, when items were announced, until its item index holds
+  them. Other users' latest clicks may still be in flight: the live system is at worst slightly stale.
+
+Baselines learn each event in stream order after ranking it (``rank`` before ``learn_one``).
+
+On a shared broker (a given bootstrap) every user, event and item id is prefixed with a run
+namespace, and the worker's answer is filtered to this run's items, so leftovers of other runs on the
+same topics neither leak in nor count as recommendations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from coldstart.errors import ColdstartError, KafkaUnavailable
+from coldstart.evaluation.baselines import Baseline
+from coldstart.replay import ReplayEvent, topic_for
+
+log = logging.getLogger(__name__)
+
+LIVE = "live"
+TASKS = {"search_click": True, "profile_only": False}  # task -> searches kept in the stream
+SEND_AHEAD = 256  # events scanned ahead for searches that may be sent early
+MAX_K = 1000  # the API's bound on k
+
+
+@dataclass
+class Ranking:
+    """One method's top-K for one click, and where the clicked item landed (``rank`` None: a miss)."""
+
+    task: str
+    method: str
+    click: int  # position of the click among the task's ranked clicks
+    event_id: str
+    user: str
+    item: str
+    ts: float
+    prior: int  # events of the user before this click (what the worker counts as n_events)
+    prior_clicks: int
+    query: str | None
+    ranking: list[str]
+    rank: int | None
+    stale: bool = False  # the worker had not applied all of the user's earlier events in time
+
+
+@dataclass
+class TaskRun:
+    task: str
+    rankings: list[Ranking] = field(default_factory=list)
+    seconds: float = 0.0
+    events: int = 0
+    clicks: int = 0
+    stale: int = 0
+    importance: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> {le: count}
+    catalog: int = 0  # distinct items seen in the stream
+
+
+# ------------------------------------------------------------------------------------- streams
+def load_events(spec: str, shared_data: Path, limit: int | None = None, seed: int = 7) -> list[ReplayEvent]:
+    """A dataset's events in time order; ``limit`` counts searches and clicks (items ride along)."""
+    from coldstart.replay import SiteSimulator, open_dataset
+
+    name, _, option = spec.partition(":")
+    if name == "simulator":
+        source: Iterable[ReplayEvent] = SiteSimulator(seed=int(option or seed)).events(limit or 3000)
+    else:
+        source = open_dataset(spec, shared_data)
+    out, users = [], 0
+    for event in source:
+        if event.type != "item":
+            if limit is not None and users >= limit:
+                break
+            users += 1
+        out.append(event)
+    return out
+
+
+def task_stream(events: Sequence[ReplayEvent], task: str) -> list[ReplayEvent]:
+    """The stream of a task: ``profile_only`` drops the searches (clicks keep their ``query`` field: it
+    is what the shop learns with the click, after it is ranked)."""
+    if task not in TASKS:
+        raise ColdstartError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return [e for e in events if TASKS[task] or e.type != "search"]
+
+
+def namespaced(event: ReplayEvent, ns: str) -> ReplayEvent:
+    """The event with its user, event and item ids prefixed by ``ns``.
+
+    >>> namespaced(ReplayEvent("click", "u", {"event_id": "e", "user_id": "u", "item_id": "i"}, 1.0), "r~").value
+    {'event_id': 'r~e', 'user_id': 'r~u', 'item_id': 'r~i'}
+    """
+    if not ns:
+        return event
+    value = dict(event.value)
+    for key in ("event_id", "user_id", "item_id"):
+        if value.get(key) is not None:
+            value[key] = ns + str(value[key])
+    return ReplayEvent(event.type, ns + event.key, value, event.ts)
+
+
+# ---------------------------------------------------------------------------------- the worker
+class LiveClient:
+    """The worker's HTTP API, as the runner uses it."""
+
+    def __init__(self, base_url: str, session, *, k: int, namespace: str = "", exclude_clicked: bool = False,
+                 timeout_s: float = 15.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.k = k
+        self.ns = namespace
+        self.exclude = "true" if exclude_clicked else "false"
+        self.timeout_s = timeout_s
+
+    async def _get(self, path: str) -> dict | None:
+        import aiohttp
+
+        try:
+            async with self.session.get(self.base_url + path) as resp:
+                if resp.status == 503:
+                    return None
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise ColdstartError(f"worker answered {resp.status} to {path}: {body}")
+                return body
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            return None
+
+    async def health(self) -> dict | None:
+        return await self._get("/health")
+
+    async def wait_items(self, at_least: int) -> bool:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            body = await self.health()
+            if body is not None and body.get("items", 0) >= at_least:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def rank_when_ready(self, user: str, expected: int) -> tuple[list[str], int, bool]:
+        """The user's top-K once the worker applied ``expected`` events of theirs (or at the timeout:
+        then ``stale`` is true). Returns (item ids without namespace, n_events, stale)."""
+        path_user = urllib.parse.quote(self.ns + user, safe="")
+        deadline = time.monotonic() + self.timeout_s
+        k, pause = self.k, 0.005
+        while True:
+            body = await self._get(f"/users/{path_user}/recommendations?k={k}&exclude_clicked={self.exclude}")
+            late = time.monotonic() > deadline
+            if body is None or body["n_events"] < expected:
+                if late:
+                    if body is None:
+                        raise ColdstartError(f"the worker at {self.base_url} stopped answering")
+                else:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 1.5, 0.05)
+                    continue
+            items = [i["item_id"] for i in body["items"]]
+            ours = [i[len(self.ns):] for i in items if i.startswith(self.ns)]
+            if len(ours) < self.k and len(items) == k and k < MAX_K:
+                k = min(MAX_K, k * 4)  # other runs' items crowd the list: ask for more
+                continue
+            return ours[: self.k], int(body["n_events"]), body["n_events"] < expected
+
+
+def importance_histogram(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Cumulative bucket counts of ``coldstart_importance_weight`` by event type from /metrics text.
+
+    >>> importance_histogram('coldstart_importance_weight_bucket{le="0.5",type="click"} 3.0\\n')
+    {'click': {'0.5': 3.0}}
+    """
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for line in metrics_text.splitlines():
+        if not line.startswith("coldstart_importance_weight_bucket{"):
+            continue
+        labels, _, value = line.partition("} ")
+        parts = dict(p.split("=", 1) for p in labels.split("{", 1)[1].split(","))
+        out[parts["type"].strip('"')][parts["le"].strip('"')] = float(value)
+    return dict(out)
+
+
+# ---------------------------------------------------------------------------------- the runner
+async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], *,
+                   bootstrap: str, worker_url: str, namespace: str = "", k: int = 10,
+                   exclude_clicked: bool = False, progress: bool = False) -> TaskRun:
+    """Replay ``stream`` prequentially and rank every click with the worker and every baseline."""
+    import aiohttp
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    from coldstart.replay.producer import encode
+
+    run = TaskRun(task)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    try:
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        await producer.stop()
+        raise KafkaUnavailable(f"no Kafka broker answered at {bootstrap} ({exc})") from exc
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    live = LiveClient(worker_url, session, k=k, namespace=namespace, exclude_clicked=exclude_clicked)
+    started = time.monotonic()
+    sent: set[int] = set()
+    applied: dict[str, set[str]] = defaultdict(set)  # user -> event ids sent (what the worker will count)
+    clicked: dict[str, list[str]] = defaultdict(list)
+    pending_query: dict[str, str] = {}
+    items: set[str] = set()
+    items_dirty = False
+    base_items = ((await live.health()) or {}).get("items", 0) if namespace else 0
+
+    async def send(index: int) -> None:
+        event = stream[index]
+        key, value = encode(namespaced(event, namespace))
+        await producer.send(topic_for(event.type), key=key, value=value)
+        sent.add(index)
+        if event.type != "item":
+            applied[event.key].add(str(event.value.get("event_id")))
+
+    async def send_ahead(index: int) -> None:
+        blocked = {stream[index].key}
+        for j in range(index + 1, min(len(stream), index + 1 + SEND_AHEAD)):
+            e = stream[j]
+            if e.type == "item":
+                return
+            if e.type == "click":
+                blocked.add(e.key)
+            elif j not in sent and e.key not in blocked:
+                await send(j)
+
+    try:
+        for index, event in enumerate(stream):
+            user = event.key
+            if event.type == "click" and event.value.get("item_id") is not None:
+                item = str(event.value["item_id"])
+                if items_dirty:
+                    await producer.flush()
+                    if not await live.wait_items(base_items + len(items)):
+                        log.warning("the worker's item index did not catch up within %.0f s", live.timeout_s)
+                    items_dirty = False
+                await send_ahead(index)
+                expected = len(applied[user])
+                query = pending_query.get(user) if TASKS[task] else None
+                ranking, _, stale = await live.rank_when_ready(user, expected)
+                run.stale += stale
+                common = dict(task=task, click=run.clicks, event_id=str(event.value.get("event_id")),
+                              user=user, ts=event.ts, prior=expected,
+                              prior_clicks=len(clicked[user]), query=query)
+                run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
+                skip = set(clicked[user]) if exclude_clicked else set()
+                for b in baselines:
+                    ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
+                    run.rankings.append(_ranked(b.name, ranked, item, **common))
+                run.clicks += 1
+                clicked[user].append(item)
+                pending_query.pop(user, None)
+                items.add(item)
+            if index not in sent:
+                await send(index)
+            if event.type == "item":
+                items.add(event.key)
+                items_dirty = True
+            elif event.type == "search" and event.value.get("query"):
+                pending_query[user] = str(event.value["query"])
+            for b in baselines:
+                b.learn_one(event)
+            run.events += 1
+            if progress and run.clicks and index % 500 == 0:
+                log.info("%s: %d/%d events, %d clicks ranked", task, index, len(stream), run.clicks)
+        await producer.flush()
+        run.seconds = time.monotonic() - started
+        run.catalog = len(items)
+        try:
+            async with session.get(worker_url.rstrip("/") + "/metrics") as resp:
+                run.importance = importance_histogram(await resp.text())
+        except aiohttp.ClientError as exc:
+            log.warning("could not read the worker's /metrics: %s", exc)
+    finally:
+        await session.close()
+        await producer.stop()
+    return run
+
+
+def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = False, **common) -> Ranking:
+    from coldstart.evaluation.metrics import rank_of
+
+    return Ranking(method=method, ranking=list(ranking), rank=rank_of(ranking, clicked_item), stale=stale,
+                   item=clicked_item, **common)
+
+
+# ---------------------------------------------------------------------------------- launcher
+def _free_port() -> int:
+    from coldstart.kafka_local import free_port
+
+    return free_port()
+
+
+class LocalStack:
+    """A broker (started here unless ``bootstrap`` is given) and one fresh worker subprocess.
+
+    A fresh worker means a fresh consumer group and profile table (its own ``COLDSTART_APP_ID``); on
+    a broker started here the topics are fresh too, so no state carries over between tasks.
+    """
+
+    def __init__(self, bootstrap: str | None = None, *, partitions: int | None = None,
+                 workdir: Path | None = None, start_timeout_s: float = 240.0) -> None:
+        from coldstart.settings import Settings
+
+        self.settings = Settings.from_env(partitions=partitions)
+        self.bootstrap = bootstrap
+        self.own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="coldstart-eval-"))
+        self.start_timeout_s = start_timeout_s
+        self.kafka = None
+        self.proc: subprocess.Popen | None = None
+        self.port = _free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LocalStack":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        from coldstart.kafka_local import LocalKafka
+        from streams.topics import ensure_topics
+
+        s = self.settings
+        if self.bootstrap is None:
+            self.kafka = LocalKafka(version=s.kafka_version, port=_free_port(), data_dir=self.workdir / "kafka")
+            self.bootstrap = self.kafka.start()
+        ensure_topics(s.replace(bootstrap_servers=self.bootstrap))
+        env = {**os.environ,
+               "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap,
+               "COLDSTART_APP_ID": f"cs-eval-{uuid.uuid4().hex[:8]}",
+               "COLDSTART_DATA_DIR": str(self.workdir / "worker"),
+               "COLDSTART_WEB_PORT": str(self.port),
+               "COLDSTART_PARTITIONS": str(s.partitions),
+               "COLDSTART_SESSION_TIMEOUT_S": "10"}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "worker.log"
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ColdstartError(f"the worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        raise ColdstartError(f"the worker did not become ready within {self.start_timeout_s:.0f} s:\n"
+                             f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.kafka is not None:
+            self.kafka.stop()
+            self.kafka = None
+        if self.own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+# ---------------------------------------------------------------------------------- evaluate
+@dataclass
+class EvalConfig:
+    dataset: str
+    out: Path
+    limit: int | None = None
+    tasks: tuple[str, ...] = ()  # empty: both when the stream has searches, else profile_only
+    k: int = 10
+    bootstrap: str | None = None
+    worker_url: str | None = None
+    partitions: int | None = None
+    shared_data: Path = Path("../shared/data")
+    zero_shot: bool = True
+    exclude_clicked: bool = False
+    n_boot: int = 1000
+    device: str = "cpu"  # for the in-process zero-shot baselines
+    seed: int = 7
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every task of ``cfg`` and write the report folder; returns the results dict."""
+    from coldstart.evaluation.baselines import TextVectors, default_baselines, texts_of
+    from coldstart.evaluation.report import build_results, write_report
+
+    if cfg.worker_url and not cfg.bootstrap:
+        raise ColdstartError("--worker-url needs --bootstrap-servers too: the runner replays into that broker")
+    events = load_events(cfg.dataset, cfg.shared_data, cfg.limit, cfg.seed)
+    has_search = any(e.type == "search" for e in events)
+    tasks = cfg.tasks or (("search_click", "profile_only") if has_search else ("profile_only",))
+    vectors = None
+    if cfg.zero_shot:
+        from model.encoder import TextEncoder
+
+        vectors = TextVectors(TextEncoder(device=cfg.device))
+        vectors.prefetch(texts_of(events))
+    runs: list[TaskRun] = []
+    started = time.time()
+    for task in tasks:
+        stream = task_stream(events, task)
+        baselines = default_baselines(vectors, with_queries=TASKS[task] and has_search)
+        shared = cfg.bootstrap is not None
+        namespace = f"ev{uuid.uuid4().hex[:6]}~" if shared else ""
+        if cfg.worker_url:
+            runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=cfg.bootstrap,
+                                             worker_url=cfg.worker_url, namespace=namespace, k=cfg.k,
+                                             exclude_clicked=cfg.exclude_clicked)))
+            continue
+        with LocalStack(cfg.bootstrap, partitions=cfg.partitions) as stack:
+            runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=stack.bootstrap,
+                                             worker_url=stack.url, namespace=namespace, k=cfg.k,
+                                             exclude_clicked=cfg.exclude_clicked)))
+    meta = {
+        "dataset": cfg.dataset, "limit": cfg.limit, "k": cfg.k, "tasks": list(tasks),
+        "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.n_boot,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "worker": cfg.worker_url or "started by the runner",
+        "broker": cfg.bootstrap or "a local broker per task, started by the runner",
+        "encoder_device": cfg.device if cfg.zero_shot else None,
+    }
+    results = build_results(runs, meta, n_boot=cfg.n_boot)
+    write_report(cfg.out, results, runs)
+    return results
+
+
+def write_rankings(path: Path, runs: Iterable[TaskRun]) -> int:
+    """One JSON line per (method, click): the recorded list and the rank of the clicked item."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for run in runs:
+            for r in run.rankings:
+                handle.write(json.dumps(asdict(r), separators=(",", ":")) + "\n")
+                n += 1
+    return n
+
+
+__all__ = ["EvalConfig", "LIVE", "LiveClient", "LocalStack", "Ranking", "TASKS", "TaskRun", "evaluate",
+           "importance_histogram", "load_events", "namespaced", "run_task", "task_stream", "write_rankings"]

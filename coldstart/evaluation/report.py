@@ -1,0 +1,290 @@
+"""The report folder: ``results.json`` (every figure), ``rankings.jsonl``, PNG plots and ``report.md``.
+
+Figures come from the recorded rankings only (``build_results``), so anything in the report can be
+recomputed from ``rankings.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from coldstart.evaluation.metrics import COLD_GROUPS, GROUPS, coverage, prior_group, summarize
+
+LIVE = "live"
+WINDOWS = 10
+# Why a baseline can beat the live scorer, in words a reader can check against the scorer's code.
+WHY = {
+    "query_memory": "the worker has no memory of which items were clicked after the same query: it "
+                    "scores the fresh search by cosine to item texts, which are themselves a blur of "
+                    "every query that led to the item, so near-identical games (sequels, editions) tie",
+    "popularity": "for a user with one or two events the worker's cosine term (weight 1 - a(n), 0.67 "
+                  "after one event) outweighs popularity, and a single event is a weak signal of the "
+                  "next click in this log",
+    "transitions": "the worker keeps no item-to-item statistics: 'bought A, then B' is invisible to a "
+                   "profile that averages text vectors",
+    "item_knn": "the worker keeps no co-occurrence statistics between items",
+    "zeroshot_pop": "the worker's importance weights and search/click weighting move the profile away "
+                    "from the plain zero-shot mean without improving it here",
+    "zeroshot": "the popularity prior of the worker hurts on this stream",
+}
+
+
+def _clean(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def build_results(runs: Sequence, meta: dict, n_boot: int = 1000) -> dict:
+    """Every figure of the report, per task and method: overall, by prior-event group, for users with
+    1-5 prior events, over time, plus coverage, the best baseline and the goal ratios."""
+    k = meta.get("k", 10)
+    tasks = {}
+    for run in runs:
+        by_method: dict[str, list] = defaultdict(list)
+        for r in run.rankings:
+            by_method[r.method].append(r)
+        methods = {}
+        for method, rows in by_method.items():
+            ranks = [r.rank for r in rows]
+            groups = {g: summarize([r.rank for r in rows if prior_group(r.prior) == g], k, n_boot)
+                      for g in GROUPS}
+            cold = summarize([r.rank for r in rows if prior_group(r.prior) in COLD_GROUPS], k, n_boot)
+            size = max(1, math.ceil(len(rows) / WINDOWS))
+            over_time = []
+            for start in range(0, len(rows), size):
+                window = rows[start:start + size]
+                hits = sum(1 for r in window if r.rank is not None and r.rank <= k)
+                over_time.append({"from_click": start, "to_click": start + len(window),
+                                  "ts_end": window[-1].ts, "recall": hits / len(window)})
+            methods[method] = {
+                "all": {**summarize(ranks, k, n_boot),
+                        "coverage": coverage((r.ranking for r in rows), max(run.catalog, 1), k)},
+                "groups": groups,
+                "cold_1_5": cold,
+                "over_time": over_time,
+                "stale": sum(r.stale for r in rows),
+            }
+        baselines = [m for m in methods if m != LIVE]
+        best = max(baselines, key=lambda m: methods[m]["cold_1_5"]["recall"]
+                   if not math.isnan(methods[m]["cold_1_5"]["recall"]) else -1.0, default=None)
+        goal = None
+        if best is not None and LIVE in methods:
+            live, base = methods[LIVE]["cold_1_5"], methods[best]["cold_1_5"]
+            if run.task == "search_click":
+                miss_l, miss_b = 1 - live["recall"], 1 - base["recall"]
+                ratio = miss_l / miss_b if miss_b > 0 else float("nan")
+                goal = {"statement": "live misses <= 0.75 x best baseline's misses (users with 1-5 prior events)",
+                        "best_baseline": best, "ratio": ratio, "target": 0.75, "met": ratio <= 0.75}
+            else:
+                ratio = live["recall"] / base["recall"] if base["recall"] > 0 else float("nan")
+                goal = {"statement": "live Recall@10 >= 1.25 x best baseline (users with 1-5 prior events)",
+                        "best_baseline": best, "ratio": ratio, "target": 1.25, "met": ratio >= 1.25}
+        tasks[run.task] = {
+            "seconds": round(run.seconds, 1), "events": run.events, "clicks": run.clicks,
+            "stale": run.stale, "catalog": run.catalog, "methods": methods, "best_baseline": best,
+            "goal": goal, "importance": run.importance,
+        }
+    return _clean({"meta": meta, "tasks": tasks})
+
+
+# ---------------------------------------------------------------------------------- writing
+def write_report(out: Path, results: dict, runs: Sequence) -> Path:
+    from coldstart.evaluation.prequential import write_rankings
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_rankings(out / "rankings.jsonl", runs)
+    plots = write_plots(out, results)
+    results = {**results, "plots": plots}
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (out / "report.md").write_text(markdown(results), encoding="utf-8")
+    return out / "report.md"
+
+
+def _fmt(summary: dict, key: str) -> str:
+    value, ci = summary.get(key), summary.get(f"{key}_ci") or [None, None]
+    if value is None or summary.get("n", 0) == 0:
+        return "–"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    k = meta.get("k", 10)
+    lines = [
+        f"# Cold-start evaluation: {meta['dataset']}",
+        "",
+        f"Prequential replay through the live pipeline (real Kafka broker, one `coldstart worker`), "
+        f"{meta['events']} events (limit: {meta['limit'] or 'none'}), K = {k}, "
+        f"exclude_clicked = {str(meta['exclude_clicked']).lower()}, started {meta['started']}, "
+        f"{meta['seconds']} s in all. Broker: {meta['broker']}; worker: {meta['worker']}.",
+        "",
+        "Before each click the worker's `GET /users/{id}/recommendations` gave the user's top-K once it "
+        "had applied every earlier event of that user; every baseline ranked in-process on the same "
+        "stream before learning the click. Prior events = the user's events before the click as the "
+        "worker counts them (in *search_click* the search just before the click is one of them). "
+        "Brackets: bootstrap 95% intervals "
+        f"({meta['n_boot']} resamples). The live system here runs without the trainer (zero-shot encoder).",
+        "",
+    ]
+    for task, t in results["tasks"].items():
+        methods = t["methods"]
+        order = [LIVE] + sorted((m for m in methods if m != LIVE),
+                                key=lambda m: -(methods[m]["cold_1_5"]["recall"] or 0))
+        lines += [f"## Task `{task}`", "",
+                  f"{t['clicks']} clicks ranked, {t['events']} events replayed in {t['seconds']} s; "
+                  f"{t['stale']} live answers came before the worker had applied all of the user's "
+                  f"earlier events (timeout); {t['catalog']} distinct items in the stream.", ""]
+        goal = t.get("goal")
+        if goal:
+            lines += [f"**Goal**: {goal['statement']}. Best baseline: `{goal['best_baseline']}`; "
+                      f"measured ratio **{goal['ratio']:.3f}** (target {goal['target']}): "
+                      f"{'met' if goal['met'] else '**not met**'}.", ""]
+        cols = [*GROUPS, "1-5", "all"]
+        for key, title in (("recall", f"Recall@{k}"), ("ndcg", f"NDCG@{k}"), ("mrr", "MRR")):
+            lines += [f"### {title} by prior events", "",
+                      "| method | " + " | ".join(f"{c} (n={_n(methods, c)})" for c in cols) + " |",
+                      "|---" * (len(cols) + 1) + "|"]
+            for m in order:
+                cells = [_fmt(_cell(methods[m], c), key) for c in cols]
+                lines.append(f"| {'**live**' if m == LIVE else m} | " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += ["Coverage (share of the stream's items shown in any top-10): " + ", ".join(
+            f"{m} {methods[m]['all']['coverage']:.3f}" for m in order if methods[m]['all'].get('coverage') is not None),
+            ""]
+        lines += _shortfalls(task, t, k)
+        for name in results.get("plots", {}).get(task, []):
+            lines += [f"![{name}]({name})", ""]
+    if "importance" in results.get("plots", {}):
+        lines += ["## Importance distribution (worker /metrics, `coldstart_importance_weight`)", "",
+                  f"![importance]({results['plots']['importance'][0]})", ""]
+    return "\n".join(lines)
+
+
+def _n(methods: dict, col: str) -> int:
+    return _cell(methods[LIVE] if LIVE in methods else next(iter(methods.values())), col).get("n", 0)
+
+
+def _cell(m: dict, col: str) -> dict:
+    if col == "all":
+        return m["all"]
+    if col == "1-5":
+        return m["cold_1_5"]
+    return m["groups"][col]
+
+
+def _why(col: str, method: str) -> str:
+    if col == "0":
+        return ("with no events the worker answers plain popularity too; the gap is its popularity scale "
+                "(3-day half-life, counted by a separate reader that may lag the newest clicks)")
+    return WHY.get(method, "see the baseline description")
+
+
+def _shortfalls(task: str, t: dict, k: int) -> list[str]:
+    methods = t["methods"]
+    if LIVE not in methods:
+        return []
+    out = ["### Where the live system falls short", ""]
+    found = False
+    for col in [*GROUPS, "1-5"]:
+        live = _cell(methods[LIVE], col)
+        if not live.get("n"):
+            continue
+        better = [(m, _cell(s, col)) for m, s in methods.items() if m != LIVE and _cell(s, col).get("n")]
+        better = [(m, s) for m, s in better if s["recall"] is not None and s["recall"] > live["recall"]]
+        if not better:
+            continue
+        found = True
+        m, s = max(better, key=lambda ms: ms[1]["recall"])
+        significant = s["recall_ci"][0] is not None and s["recall_ci"][0] > live["recall"]
+        out.append(f"- prior events {col} (n={live['n']}): live Recall@{k} {live['recall']:.3f} < `{m}` "
+                   f"{s['recall']:.3f}{' (outside the baseline interval)' if significant else ' (within noise)'}"
+                   f". Why: {_why(col, m)}.")
+    if not found:
+        out.append(f"- nowhere: the live system's Recall@{k} is at least every baseline's in every group.")
+    return out + [""]
+
+
+def write_plots(out: Path, results: dict) -> dict[str, list[str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = results["meta"].get("k", 10)
+    plots: dict[str, list[str]] = {}
+    for task, t in results["tasks"].items():
+        methods = t["methods"]
+        names = []
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        xs = list(range(len(GROUPS)))
+        for ax, (key, title) in zip(axes, (("recall", f"Recall@{k}"), ("ndcg", f"NDCG@{k}"), ("mrr", "MRR"))):
+            for i, (m, s) in enumerate(methods.items()):
+                pts = [(x, s["groups"][g]) for x, g in zip(xs, GROUPS) if s["groups"][g]["n"]]
+                if not pts:
+                    continue
+                px = [x + (i - len(methods) / 2) * 0.04 for x, _ in pts]
+                val = [g[key] for _, g in pts]
+                err = [[v - g[f"{key}_ci"][0] for v, (_, g) in zip(val, pts)],
+                       [g[f"{key}_ci"][1] - v for v, (_, g) in zip(val, pts)]]
+                ax.errorbar(px, val, yerr=err, marker="o", capsize=3, label=m,
+                            linewidth=2.5 if m == LIVE else 1.2, color="black" if m == LIVE else None)
+            ax.set_xticks(xs, GROUPS)
+            ax.set_xlabel("prior events of the user")
+            ax.set_title(f"{task}: {title}")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{task}_by_prior_events.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for m, s in methods.items():
+            ax.plot([w["to_click"] for w in s["over_time"]], [w["recall"] for w in s["over_time"]],
+                    marker=".", label=m, linewidth=2.5 if m == LIVE else 1.2, color="black" if m == LIVE else None)
+        ax.set_xlabel("clicks replayed (window end)")
+        ax.set_ylabel(f"Recall@{k} in the window")
+        ax.set_title(f"{task}: Recall@{k} over time ({WINDOWS} windows)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{task}_over_time.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+        plots[task] = names
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    drawn = False
+    for task, t in results["tasks"].items():
+        for kind, buckets in (t.get("importance") or {}).items():
+            edges = sorted(((float(le), c) for le, c in buckets.items()), key=lambda e: e[0])
+            counts = [c - (edges[i - 1][1] if i else 0.0) for i, (_, c) in enumerate(edges)]
+            total = sum(counts)
+            if total <= 0:
+                continue
+            labels = [f"≤{le:g}" if math.isfinite(le) else f">{edges[-2][0]:g}" for le, _ in edges]
+            ax.plot(labels, [c / total for c in counts], marker="o", label=f"{task} / {kind} (n={int(total)})")
+            drawn = True
+    ax.set_xlabel("importance weight bucket")
+    ax.set_ylabel("share of events")
+    ax.set_title("Importance distribution from the worker's /metrics")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "importance.png", dpi=110)
+    plt.close(fig)
+    plots["importance"] = ["importance.png"]
+    return plots

@@ -1,0 +1,81 @@
+"""The item index: titles and learned query text become vectors, clicks are idempotent, popularity
+decays, the query->click memory mirrors the bounded per-item queries, and a swap catches up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.encoder import EmbeddingCache, TextEncoder
+from model.items import ClickEvidence, ItemIndex
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder(device="cpu")
+
+
+def index(encoder, **kw) -> ItemIndex:
+    return ItemIndex(encoder.dim, encoder.device, capacity=2, **kw)
+
+
+def test_titled_item_is_recommendable_after_refresh(encoder):
+    items = index(encoder)
+    items.upsert("a", "Wireless headphones")
+    items.upsert("b", "Office stapler")
+    items.upsert("c", "Garden hose")  # grows past the initial capacity
+    assert items.refresh(encoder, EmbeddingCache(100)) == 3
+    vecs, valid = items.matrix()
+    assert valid.tolist() == [True, True, True]
+    q = encoder.encode(["bluetooth headphones"])[0]
+    assert int((vecs @ q).argmax()) == items.row["a"]
+
+
+def test_clicks_are_idempotent_and_learn_text(encoder):
+    items = index(encoder)
+    clicks = [ClickEvidence("e1", "sku", "halo 3", 100.0), ClickEvidence("e2", "sku", "halo 3", 100.0)]
+    assert items.observe_clicks(clicks) == 2
+    assert items.observe_clicks(clicks) == 0  # redelivered
+    assert items.queries[items.row["sku"]]["halo 3"] == 2
+    assert float(items.pop[0]) == pytest.approx(2.0)
+    items.refresh(encoder, EmbeddingCache(100))
+    assert bool(items.valid[0]) and "halo 3" in items.text(0)
+
+
+def test_popularity_decays_with_event_time(encoder):
+    items = index(encoder, popularity_half_life_s=10.0)
+    items.observe_clicks([ClickEvidence("e1", "old", None, 0.0 + 1e9)])
+    items.observe_clicks([ClickEvidence("e2", "new", None, 10.0 + 1e9)])
+    assert float(items.pop[items.row["old"]]) == pytest.approx(0.5)
+    assert float(items.pop[items.row["new"]]) == pytest.approx(1.0)
+
+
+def test_query_memory_mirrors_bounded_queries(encoder):
+    items = index(encoder, max_queries=2)
+    ev = [ClickEvidence(f"e{i}", item, q, 1.0) for i, (item, q) in enumerate(
+        [("x", "q1"), ("x", "q1"), ("y", "q1"), ("x", "q2"), ("x", "q3")])]
+    items.observe_clicks(ev)
+    mem = items.query_memory("q1")
+    assert mem is not None and float(mem[items.row["x"]]) == pytest.approx(1.0)
+    assert 0 < float(mem[items.row["y"]]) < 1
+    # x holds at most 2 queries: q3 replaced the rarest (q2), and the memory forgot x for q2.
+    assert set(items.queries[items.row["x"]]) == {"q1", "q3"}
+    assert items.query_memory("q2") is None
+    assert items.query_memory("never typed") is None
+
+
+def test_adopt_catches_up_rows_changed_after_snapshot(encoder):
+    live = index(encoder)
+    cache = EmbeddingCache(100)
+    live.upsert("a", "Wireless headphones")
+    live.refresh(encoder, cache)
+    snapshot = live.copy_metadata()
+    revision = snapshot.revision
+    snapshot.reencode_all(encoder, EmbeddingCache(100))  # the new version's vectors, built aside
+    live.upsert("b", "Office stapler")  # arrives while the new version is being built
+    live.observe_clicks([ClickEvidence("e1", "a", "headset", 5.0)])
+    stale = snapshot.adopt(live, revision)
+    assert stale == 1  # only "b" (a titled item's queries do not change its vector)
+    snapshot.refresh(encoder, EmbeddingCache(100))
+    assert snapshot.ids == ["a", "b"] and snapshot.valid[:2].tolist() == [True, True]
+    assert torch.allclose(snapshot.pop[:2], live.pop[:2])
