@@ -1,4 +1,5 @@
-"""Fixtures for stream tests: real workers (subprocesses of `coldstart worker`) on the session broker."""
+"""Fixtures for stream tests: real workers (subprocesses of `coldstart worker`) on a broker of
+the test module's own."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
+
+from tests.conftest import module_broker_fixture
+
+# Workers and trainers read whole topics: each module of this folder gets a broker of its own.
+kafka_bootstrap = module_broker_fixture()
 
 
 def free_port() -> int:
