@@ -41,7 +41,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["catalog_loss", "cold_factor", "importance_weight", "learnability", "search_importance"]
+__all__ = ["catalog_loss", "cold_factor", "importance_weight", "learnability", "plausibility",
+           "search_importance"]
 
 
 def catalog_loss(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
@@ -79,6 +80,19 @@ def learnability(d: torch.Tensor, noise_margin: float = 0.25) -> torch.Tensor:
     line = 1.0 + noise_margin
     excess = (d - line).clamp_min(0.0)
     return d.clamp_max(line) * torch.exp(-excess)
+
+
+def plausibility(loss: torch.Tensor, n_items: int, noise_margin: float = 0.25) -> torch.Tensor:
+    """How much a click should count as evidence about its user: 1 for any click the model finds at
+    least as likely as a uniform guess (up to the noise line), decaying like the learnability factor
+    beyond it. Unlike the importance, a click the model already explains well keeps its full weight:
+    easy to predict is not the same as uninformative about the user.
+
+    >>> plausibility(torch.tensor([0.1, math.log(100), 2.5 * math.log(100)]), 100)
+    tensor([1.0000, 1.0000, 0.2865])
+    """
+    d = torch.nan_to_num(loss.float(), nan=math.inf).clamp_min(0.0) / math.log(max(n_items, 2))
+    return torch.exp(-(d - 1.0 - noise_margin).clamp_min(0.0))
 
 
 def importance_weight(loss: torch.Tensor, n_items: int, prior_events: torch.Tensor, *,

@@ -87,12 +87,20 @@ class ItemIndex:
         self.pop.index_add_(0, torch.tensor(rows, device=self.device), weights)
         return len(fresh)
 
-    def refresh(self, encoder: TextEncoder, cache: EmbeddingCache) -> int:
-        """Recompute the vectors of rows whose text changed. Returns the number of rows refreshed."""
+    def refresh(self, encoder: TextEncoder, cache: EmbeddingCache, limit: int | None = None,
+                only: Iterable[str] | None = None) -> int:
+        """Recompute the vectors of rows whose text changed: at most ``limit`` of them (so a caller on
+        an event loop can yield between chunks), or only those of the items ``only``. Returns the
+        number of rows refreshed."""
         if not self._dirty:
             return 0
-        rows = sorted(self._dirty)
-        self._dirty.clear()
+        if only is not None:
+            rows = sorted({self.row[i] for i in only if i in self.row} & self._dirty)
+        else:
+            rows = sorted(self._dirty)
+        if limit is not None:
+            rows = rows[:limit]
+        self._dirty.difference_update(rows)
         titled = [r for r in rows if self.titles[r]]
         if titled:
             vecs = cache.encode(encoder, [self.titles[r] for r in titled])
@@ -154,6 +162,11 @@ class ItemIndex:
         return len(stale)
 
     # ------------------------------------------------------------------------------ reads
+    @property
+    def pending(self) -> int:
+        """Rows waiting for a vector (changed since the last refresh)."""
+        return len(self._dirty)
+
     def matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.ids)
         return self.vectors[:n], self.valid[:n]

@@ -24,6 +24,8 @@ from streams.records import parse_click, parse_item
 
 log = logging.getLogger(__name__)
 
+REFRESH_CHUNK = 64  # item texts encoded per slice of the event loop
+
 
 class CatalogReader:
     def __init__(self, settings: Settings, worker) -> None:
@@ -67,7 +69,13 @@ class CatalogReader:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
                 if batch:
                     self.apply([m for msgs in batch.values() for m in msgs])
-                if not self.caught_up.is_set() and await self._at_end(consumer, end):
+                # Encode new item texts in small chunks: a whole catalog arriving at once must not
+                # block the event loop (HTTP, heartbeats, the stream) for the minute it takes on a CPU.
+                model = self.worker.model
+                while model.items.refresh(model.encoder, model.cache, limit=REFRESH_CHUNK):
+                    self.worker.metrics.items.set(int(model.items.valid.sum()))
+                    await asyncio.sleep(0)
+                if not self.caught_up.is_set() and not model.items.pending and await self._at_end(consumer, end):
                     self.caught_up.set()
                     log.info("catalog reader caught up: %d items, %d clicks",
                              self.items_seen, self.clicks_seen)
@@ -89,8 +97,6 @@ class CatalogReader:
             except BadEvent:
                 continue
         self.clicks_seen += model.items.observe_clicks(clicks)
-        model.items.refresh(model.encoder, model.cache)
-        self.worker.metrics.items.set(int(model.items.valid.sum()))
 
 
 async def assign_all_partitions(consumer: AIOKafkaConsumer, topics) -> list[TopicPartition]:

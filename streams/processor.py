@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from model.importance import catalog_loss, importance_weight, search_importance
+from model.importance import catalog_loss, importance_weight, plausibility, search_importance
 from model.items import ClickEvidence
 from model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
 from model.retrieval import score_items, top_k
@@ -65,9 +65,11 @@ class BatchProcessor:
         # 2. Item evidence from clicks (idempotent too), then vectors for the items whose text changed.
         t0 = time.perf_counter()
         misses_before = model.cache.misses
-        model.items.observe_clicks(
-            ClickEvidence(e.event_id, e.item_id, e.query, e.ts) for e in fresh if isinstance(e, ClickEvent))
-        model.items.refresh(model.encoder, model.cache)
+        clicks = [ClickEvidence(e.event_id, e.item_id, e.query, e.ts) for e in fresh if isinstance(e, ClickEvent)]
+        model.items.observe_clicks(clicks)
+        # Only the clicked items must be current for this batch; the catalog reader refreshes the rest
+        # in small slices.
+        model.items.refresh(model.encoder, model.cache, only=[c.item_id for c in clicks])
 
         # 3. Every distinct text of the batch encoded once (cache by version and text).
         texts = sorted({e.query for e in fresh if e.query})
@@ -83,6 +85,7 @@ class BatchProcessor:
         touched: dict[str, ProfileState] = {}
         importance: dict[str, list[float]] = {"search": [], "click": []}
         samples: list[TrainingSample] = []
+        n_valid = max(int(item_valid.sum()), 2)
         for ev, (w, loss) in zip(fresh, weights):
             state = touched.get(ev.user_id) or profiles.get(ev.user_id) or ProfileState(ev.user_id)
             touched[ev.user_id] = state
@@ -90,7 +93,8 @@ class BatchProcessor:
             history = " ; ".join(e.text or "" for e in state.events[-3:] if e.text)
             state.add(
                 RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
-                            item_id=ev.item_id if isinstance(ev, ClickEvent) else None, weight=w),
+                            item_id=ev.item_id if isinstance(ev, ClickEvent) else None,
+                            weight=profile_weight(ev.kind, loss, n_valid)),
                 max_events=s.recent_events, max_seen=s.seen_event_ids)
             importance[ev.kind].append(w)
             if isinstance(ev, ClickEvent) and ev.item_id in model.items.row:
@@ -179,26 +183,27 @@ class BatchProcessor:
 SEARCH_PROFILE_WEIGHT = 0.7
 
 
-def profile_weight(kind: str, importance: float) -> float:
-    """How much one event counts in its user's profile.
+def profile_weight(kind: str, loss: float, n_items: int) -> float:
+    """How much one event counts in its user's profile, fixed when it is scored.
 
-    A click's importance, within [0.5, 2], damps the clicks the model finds implausible (likely
-    noise: see model/importance.py) and lifts the informative ones. A search's importance measures the
-    model's uncertainty about it, not the user's intent, so a search counts a fixed 0.7 of a click.
+    A click counts fully unless the current model finds it less likely than a uniform guess by more
+    than the noise margin (a likely mis-click: ``model.importance.plausibility``, the RHO-LOSS side of
+    the importance). A click not scored yet (loss 0: its item had no vector) counts fully. A search
+    counts 0.7 of a click: it states an intent, a click confirms one.
 
-    >>> profile_weight("click", 0.1), profile_weight("click", 1.5), profile_weight("search", 0.1)
-    (0.5, 1.5, 0.7)
+    >>> profile_weight("click", 0.5, 100), round(profile_weight("click", 12.0, 100), 3), profile_weight("search", 9.0, 100)
+    (1.0, 0.258, 0.7)
     """
-    if kind == "click":
-        return min(max(importance, 0.5), 2.0)
-    return SEARCH_PROFILE_WEIGHT
+    if kind != "click":
+        return SEARCH_PROFILE_WEIGHT
+    return float(plausibility(torch.tensor([loss]), n_items)[0])
 
 
 def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):
     """Vectors, weights and owners of the recent events of ``states`` in the serving vector space.
 
     A search contributes its query; a click its item (or its query while the item has no vector).
-    Weight = ``profile_weight`` (from the importance at the time) x recency relative to the user's newest event (event time, so a
+    Weight = the event's stored ``profile_weight`` x recency relative to the user's newest event (event time, so a
     replay gives the same profile as the live stream).
     """
     texts = sorted({e.text for st in states for e in st.events if e.text})
@@ -220,7 +225,7 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
             else:
                 continue
             slots.append((u, j))
-            w.append(profile_weight(e.kind, e.weight))
+            w.append(e.weight)
             ts.append(e.ts)
             now.append(newest)
             owner.append(u)
