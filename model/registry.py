@@ -216,8 +216,8 @@ class Registry:
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if self.local:
             for p in stage.rglob("*"):
-                _fsync(p)
-            _fsync(stage)
+                fsync_path(p)
+            fsync_path(stage)
 
     def _vdir(self, version: str) -> str:
         return f"{self.root}/{VERSIONS}/{version}"
@@ -317,7 +317,8 @@ def _copy_model_files(base: Path, dest: Path) -> None:
         shutil.copyfile(p, target)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename inside it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

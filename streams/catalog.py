@@ -37,14 +37,7 @@ class CatalogReader:
 
     async def run(self) -> None:
         """Follow both topics forever; a failure restarts the reader (the index is idempotent)."""
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("catalog reader failed; restarting in 2 s")
-                await asyncio.sleep(2.0)
+        await follow_forever(self._follow, "catalog reader")
 
     @staticmethod
     async def _at_end(consumer, end) -> bool:
@@ -113,3 +106,16 @@ async def assign_all_partitions(consumer: AIOKafkaConsumer, topics) -> list[Topi
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     return tps
+
+
+async def follow_forever(follow, name: str, backoff_s: float = 2.0) -> None:
+    """Run a reader coroutine forever: a broker hiccup or a bug in one record restarts the reader,
+    never the worker (both readers here rebuild their state idempotently from the topic)."""
+    while True:
+        try:
+            await follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting in %.0f s", name, backoff_s)
+            await asyncio.sleep(backoff_s)

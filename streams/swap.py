@@ -22,6 +22,7 @@ from coldstart.settings import Settings
 from model.registry import Registry
 from model.serving import ServingModel
 from streams import topics as T
+from streams.catalog import follow_forever
 from streams.records import ModelAnnouncement
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,7 @@ class ModelSwapper:
 
     async def run(self) -> None:
         """Follow the compacted topic forever; on start, apply only the latest announcement."""
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("model watcher failed; restarting in 2 s")
-                await asyncio.sleep(2.0)
+        await follow_forever(self._follow, "model watcher")
 
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -45,6 +45,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from model.registry import fsync_path
+
 SCHEMA = pa.schema([
     ("sample_id", pa.string()),
     ("user_id", pa.string()),
@@ -128,7 +130,7 @@ class SampleBuffer:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-            _fsync_dir(self.root)
+            fsync_path(self.root)
             self._segments.append(_describe(path, seq, table))
             self._ids.update(self._pending_ids)
             self._pending = []
@@ -243,11 +245,3 @@ def _as_row(sample: Any, received_ts: float) -> dict[str, Any]:
     if row["received_ts"] is None:
         row["received_ts"] = received_ts
     return row
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
