@@ -2,7 +2,8 @@
 # Prints the path of a ready Python environment for this checkout, building it first if needed.
 #
 # The environment lives outside the clone, in $COLDSTART_CACHE (default ~/.cache/coldstart), keyed by a
-# hash of everything that defines it: the lock file, pyproject.toml, this script and the Python version.
+# hash of everything that defines it: the lock file, this script and the Python version (pyproject.toml
+# holds no pins of its own that matter here: dependencies install from the lock).
 # A fresh machine therefore installs from scratch; a second clone of the same commit reuses the
 # environment (torch alone is several GB). The project itself is installed editable on every call, so
 # the `coldstart` command always runs this checkout's code.
