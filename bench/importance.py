@@ -19,10 +19,10 @@ Protocol (one run per dataset and noise level; CPU-sized; measured once with see
    ``importance_weight(loss, n_items, prior_events)``.
 4. Conditions at the same ``steps`` and ``batch_size``: base model (no training), ``uniform``,
    ``importance`` (draws ∝ weight, loss times the normalised 1/(N p) correction), both through
-   ``trainer.rounds.fine_tune`` with the same seed and learning rate.
+   ``coldstart.trainer.rounds.fine_tune`` with the same seed and learning rate.
 5. Test: test-part clicks whose user has 1–5 prior events, whose item is in the catalog and that
    have a context (same definitions as 3; evenly thinned to ``max_test``), ranked against the whole
-   catalog by cosine with each encoder (``trainer.gate.evaluate``): Recall@10 (and nDCG@10).
+   catalog by cosine with each encoder (``coldstart.trainer.gate.evaluate``): Recall@10 (and nDCG@10).
 
 Figures: relative lift of importance over uniform (target ≥ +10% on clean logs) and the drop of each
 from clean to 20% noise (target: importance loses at most a third as much as uniform).
@@ -196,8 +196,8 @@ def score_samples(encoder: Any, cache: Any, prep: Prepared) -> tuple[Any, Any]:
     import pyarrow as pa
     import torch
 
-    from model.importance import catalog_loss, importance_weight
-    from trainer.buffer import SCHEMA
+    from coldstart.model.importance import catalog_loss, importance_weight
+    from coldstart.trainer.buffer import SCHEMA
 
     ids = list(prep.catalog)
     row = {i: r for r, i in enumerate(ids)}
@@ -234,8 +234,8 @@ def holdout_table(prep: Prepared) -> Any:
 def run_condition(encoder: Any, cache: Any, prep: Prepared, *, steps: int, batch_size: int, lr: float,
                   seeds: Sequence[int], log: Any = print) -> dict[str, Any]:
     """Recall@10 / nDCG@10 of base, uniform and importance for one prepared (dataset, noise)."""
-    from trainer.gate import evaluate
-    from trainer.rounds import fine_tune
+    from coldstart.trainer.gate import evaluate
+    from coldstart.trainer.rounds import fine_tune
 
     t0 = time.perf_counter()
     samples, base_items = score_samples(encoder, cache, prep)
@@ -270,7 +270,7 @@ def bench_importance(settings: Settings, *, steps: int = 100, batch_size: int = 
     """The benchmark of the module docstring; ``{"rows": [...], per-dataset figures...}``."""
     import torch
 
-    from model.encoder import EmbeddingCache, TextEncoder
+    from coldstart.model.encoder import EmbeddingCache, TextEncoder
 
     t_start = time.perf_counter()
     encoder = TextEncoder(settings.model_path or None, device=settings.device, max_length=max_length)

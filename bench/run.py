@@ -39,7 +39,7 @@ def run_benchmarks(settings: Settings, which: str, out: Path) -> dict:
     if which in ("stream", "all"):
         results["stream"] = bench_stream(settings)
     if which in ("importance",):
-        from bench.importance import bench_importance
+        from coldstart.bench.importance import bench_importance
 
         results["importance"] = bench_importance(settings)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def bestbuy_events(settings: Settings, limit: int | None = None):
 def bench_encode(settings: Settings, batch_size: int = 256) -> dict:
     import torch
 
-    from model.encoder import TextEncoder
+    from coldstart.model.encoder import TextEncoder
 
     queries = sorted({e.value["query"] for e in bestbuy_events(settings) if e.type == "search"})
     enc = TextEncoder(settings.model_path or None, device=settings.device)
@@ -104,12 +104,12 @@ def bench_encode(settings: Settings, batch_size: int = 256) -> dict:
 def bench_batch(settings: Settings, batch_size: int = 512) -> dict:
     import torch
 
-    from model.profile import popularity_blend
-    from model.retrieval import score_items, top_k
-    from model.serving import ServingModel
-    from streams.processor import BatchProcessor
-    from streams.records import PARSERS
-    from streams.state import ProfileState
+    from coldstart.model.profile import popularity_blend
+    from coldstart.model.retrieval import score_items, top_k
+    from coldstart.model.serving import ServingModel
+    from coldstart.streams.processor import BatchProcessor
+    from coldstart.contract import PARSERS
+    from coldstart.streams.state import ProfileState
 
     events = [e for e in bestbuy_events(settings) if e.type in ("search", "click")]
     raw = [(f"events.{e.type}", e.key.encode(), json.dumps(e.value).encode()) for e in events]
@@ -162,7 +162,7 @@ def quantiles(xs: list[float]) -> tuple[float, float]:
 def bench_stream(settings: Settings, latency_events: int = 5000, latency_rate: float = 500.0) -> dict:
     from coldstart.kafka_local import LocalKafka, free_port
     from coldstart.replay.producer import produce
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="coldstart-bench-"))
     kafka = LocalKafka(version=settings.kafka_version, port=free_port(), data_dir=tmp / "kafka")
@@ -218,7 +218,7 @@ def bench_stream(settings: Settings, latency_events: int = 5000, latency_rate: f
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
-    from streams.catalog import assign_all_partitions
+    from coldstart.streams.catalog import assign_all_partitions
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")

@@ -64,7 +64,7 @@ def kafka_status(data_dir: Optional[Path] = typer.Option(None, help="[COLDSTART_
 def topics(bootstrap_servers: Optional[str] = Bootstrap,
            partitions: Optional[int] = typer.Option(None, help="[COLDSTART_PARTITIONS]")) -> None:
     """Create the design's topics with explicit partition counts (idempotent)."""
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     s = _settings(bootstrap_servers=bootstrap_servers, partitions=partitions)
     created = ensure_topics(s)
@@ -88,8 +88,8 @@ def worker(bootstrap_servers: Optional[str] = Bootstrap,
 def run_worker(s: Settings, loglevel: str = "info") -> None:
     import faust
 
-    from streams.app import Worker
-    from streams.topics import ensure_topics
+    from coldstart.streams.app import Worker
+    from coldstart.streams.topics import ensure_topics
 
     ensure_topics(s)
     w = Worker(s)
@@ -111,8 +111,8 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
             metrics_port: Optional[int] = typer.Option(6067, help="Prometheus /metrics port of the trainer"),
             device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]")) -> None:
     """Buffer training.samples, fine-tune periodically, gate, publish and announce new versions."""
-    from streams.topics import ensure_topics
-    from trainer.service import run_trainer
+    from coldstart.streams.topics import ensure_topics
+    from coldstart.trainer.service import run_trainer
 
     s = _settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri, buffer_dir=buffer_dir,
                   device=device)
@@ -132,7 +132,7 @@ def models_list(registry_uri: Optional[str] = typer.Option(None, help="[COLDSTAR
     """Every published version, oldest first; * marks the one workers serve."""
     from rich.table import Table
 
-    from trainer.service import list_versions
+    from coldstart.trainer.service import list_versions
 
     rows = list_versions(_settings(registry_uri=registry_uri))
     table = Table(title="model versions")
@@ -157,7 +157,7 @@ def models_rollback(version: str = typer.Argument(..., help="e.g. v0003 (see `co
                     bootstrap_servers: Optional[str] = Bootstrap,
                     registry_uri: Optional[str] = typer.Option(None, help="[COLDSTART_REGISTRY_URI]")) -> None:
     """Point the registry at VERSION (verified first) and announce it: workers swap to it."""
-    from trainer.service import rollback
+    from coldstart.trainer.service import rollback
 
     rollback(_settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri), version)
     console.print(f"rolled back to {version}; workers swap between batches")
@@ -176,7 +176,7 @@ def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simu
 
     from coldstart.replay import SiteSimulator, open_dataset
     from coldstart.replay.producer import produce
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
     events = (SiteSimulator().events(limit or 5000, start_ts=time.time()) if path == "simulator"
@@ -221,7 +221,7 @@ def bench(which: str = typer.Argument("all", help="encode | batch | stream | all
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here")) -> None:
     """Benchmarks that print figures with ratios against a baseline measured in the same run
     (`importance` is long: fine-tuning runs on both real logs)."""
-    from bench.run import run_benchmarks
+    from coldstart.bench.run import run_benchmarks
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
     run_benchmarks(s, which, out)

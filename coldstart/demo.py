@@ -26,7 +26,7 @@ def run_demo(s: Settings, *, n_events: int, rate: float, dataset: str | None, du
              external_kafka: bool) -> None:
     from coldstart.replay import SiteSimulator, open_dataset
     from coldstart.replay.producer import produce
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     kafka = None
     if not external_kafka:

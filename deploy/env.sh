@@ -27,6 +27,10 @@ if [ ! -f "$env/.complete" ]; then
   touch "$env/.complete"
 fi
 
-# Editable install of this checkout (fast: no dependencies resolved).
-"$env/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >&2
+# Editable install of this checkout (fast: no dependencies resolved). setuptools warns on every editable
+# install of a flat layout; its output is shown only when the install fails.
+if ! out=$("$env/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 echo "$env"

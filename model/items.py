@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from model.encoder import EmbeddingCache, TextEncoder
-from model.retrieval import item_text_vector, popularity_scores
+from coldstart.model.encoder import EmbeddingCache, TextEncoder
+from coldstart.model.retrieval import item_text_vector, popularity_scores
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ A user's score for an item blends personal similarity with catalog popularity::
 
     score[u, i] = (1 - a[u]) * cos(profile[u], item[i]) + a[u] * popularity[i]
 
-with ``a`` from :func:`model.profile.popularity_blend` (1.0 for a user with no events).
+with ``a`` from :func:`coldstart.model.profile.popularity_blend` (1.0 for a user with no events).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from coldstart.errors import ArtifactRefused
-from model.encoder import EmbeddingCache, TextEncoder
-from model.items import ItemIndex
+from coldstart.model.encoder import EmbeddingCache, TextEncoder
+from coldstart.model.items import ItemIndex
 
 
 @dataclasses.dataclass

@@ -25,14 +25,14 @@ from prometheus_client import CollectorRegistry
 
 from coldstart.errors import BadEvent
 from coldstart.settings import Settings
-from model.serving import ServingModel
-from streams import topics as T
-from streams.catalog import CatalogReader
-from streams.metrics import Metrics
-from streams.processor import COLD_START_EVENTS, BatchProcessor, Recommender
-from streams.records import PARSERS, DeadLetter, parse_item
-from streams.state import ProfileState
-from streams.swap import ModelSwapper
+from coldstart.model.serving import ServingModel
+from coldstart import contract
+from coldstart.streams.catalog import CatalogReader
+from coldstart.streams.metrics import Metrics
+from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor, Recommender
+from coldstart.contract import PARSERS, DeadLetter, parse_item
+from coldstart.streams.state import ProfileState
+from coldstart.streams.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,10 @@ class Worker:
 
         # Raw bytes in: Faust must not decode (a bad event would be dropped inside Faust, not dead-lettered).
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        user_events = app.topic(*T.USER_TOPICS, **raw)
-        catalog = app.topic(T.CATALOG, **raw)
-        self.dlq_topic = app.topic(T.DLQ, value_type=DeadLetter)
-        self.samples_topic = app.topic(T.SAMPLES, key_type=bytes, key_serializer="raw")
+        user_events = app.topic(*contract.USER_TOPICS, **raw)
+        catalog = app.topic(contract.CATALOG, **raw)
+        self.dlq_topic = app.topic(contract.DLQ, value_type=bytes, value_serializer="raw")
+        self.samples_topic = app.topic(contract.SAMPLES, **raw)
         self.profiles = app.Table(
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
             help="user id -> ProfileState (bounded recent events, vector, model version)")
@@ -132,7 +132,7 @@ class Worker:
             lag: dict[str, int] = {}
             consumer = app.consumer
             for tp in consumer.assignment():
-                if tp.topic not in T.USER_TOPICS:
+                if tp.topic not in contract.USER_TOPICS:
                     continue
                 end = consumer.highwater(tp)
                 committed = consumer._committed_offset.get(tp) or 0
@@ -186,7 +186,7 @@ class Worker:
         last_event_of: dict[str, faust.EventT] = {}
         for event in batch:
             msg = event.message
-            kind = "search" if msg.topic == T.SEARCH else "click"
+            kind = "search" if msg.topic == contract.SEARCH else "click"
             m.events_in.labels(kind).inc()
             try:
                 ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time())
@@ -214,8 +214,8 @@ class Worker:
                 self.profiles[user_id.encode()] = state.dumps()
         for sample in outcome.samples:
             with event_context(last_event_of[sample.user_id]):
-                await self.samples_topic.send(key=sample.user_id.encode(), value=sample)
-        m.events_out.labels(T.SAMPLES).inc(len(outcome.samples))
+                await self.samples_topic.send(key=sample.user_id.encode(), value=sample.dumps())
+        m.events_out.labels(contract.SAMPLES).inc(len(outcome.samples))
         now = time.time()
         for ev, event in parsed:
             m.event_to_profile_seconds.observe(max(0.0, now - event.message.timestamp))
@@ -239,8 +239,8 @@ class Worker:
         self.metrics.dlq.labels(exc.reason).inc()
         log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
         await self.dlq_topic.send(value=DeadLetter.of(
-            exc, msg.topic, msg.partition, msg.offset, msg.key, msg.value, time.time()))
-        self.metrics.events_out.labels(T.DLQ).inc()
+            exc, msg.topic, msg.partition, msg.offset, msg.key, msg.value, time.time()).dumps())
+        self.metrics.events_out.labels(contract.DLQ).inc()
 
     # ---------------------------------------------------------------------------------- web
     async def recommendations_view(self, web, request, user_id: str):

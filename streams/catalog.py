@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from coldstart.errors import BadEvent
 from coldstart.settings import Settings
-from model.items import ClickEvidence
-from streams import topics as T
-from streams.records import parse_click, parse_item
+from coldstart.model.items import ClickEvidence
+from coldstart import contract
+from coldstart.contract import parse_click, parse_item
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CatalogReader:
         )
         await consumer.start()
         try:
-            tps = await assign_all_partitions(consumer, (T.CATALOG, T.CLICK))
+            tps = await assign_all_partitions(consumer, (contract.CATALOG, contract.CLICK))
             end = await consumer.end_offsets(tps)
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -80,7 +80,7 @@ class CatalogReader:
         clicks = []
         for msg in messages:
             try:
-                if msg.topic == T.CATALOG:
+                if msg.topic == contract.CATALOG:
                     item = parse_item(msg.value, msg.key)
                     model.items.upsert(item.item_id, item.title)
                     self.items_seen += 1

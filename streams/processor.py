@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from model.importance import catalog_loss, importance_weight, plausibility, search_importance
-from model.items import ClickEvidence
-from model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
-from model.retrieval import score_items, top_k
-from model.serving import ServingModel
-from streams.records import ClickEvent, SearchEvent, TrainingSample, UserEvent
-from streams.state import ProfileState, RecentEvent
+from coldstart.model.importance import catalog_loss, importance_weight, plausibility, search_importance
+from coldstart.model.items import ClickEvidence
+from coldstart.model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
+from coldstart.model.retrieval import score_items, top_k
+from coldstart.model.serving import ServingModel
+from coldstart.contract import ClickEvent, SearchEvent, TrainingSample, UserEvent
+from coldstart.streams.state import ProfileState, RecentEvent
 
 COLD_START_EVENTS = 5
 QUERY_MEMORY_WEIGHT = 1.0  # a full popularity-or-similarity unit: past clicks on this query dominate
@@ -191,7 +191,7 @@ def profile_weight(kind: str, loss: float, n_items: int) -> float:
     """How much one event counts in its user's profile, fixed when it is scored.
 
     A click counts fully unless the current model finds it far less likely than a uniform guess
-    (normalised loss beyond 1 + PROFILE_NOISE_MARGIN) (a likely mis-click: ``model.importance.plausibility``, the RHO-LOSS side of
+    (normalised loss beyond 1 + PROFILE_NOISE_MARGIN) (a likely mis-click: ``coldstart.model.importance.plausibility``, the RHO-LOSS side of
     the importance). A click not scored yet (loss 0: its item had no vector) counts fully. A search
     counts 0.7 of a click: it states an intent, a click confirms one.
 

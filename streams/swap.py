@@ -19,11 +19,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from coldstart.errors import ArtifactRefused
 from coldstart.settings import Settings
-from model.registry import Registry
-from model.serving import ServingModel
-from streams import topics as T
-from streams.catalog import follow_forever
-from streams.records import ModelAnnouncement
+from coldstart.model.registry import Registry
+from coldstart.model.serving import ServingModel
+from coldstart import contract
+from coldstart.streams.catalog import follow_forever
+from coldstart.contract import ModelAnnouncement
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ModelSwapper:
             auto_offset_reset="earliest", client_id=f"{self.settings.app_id}-model-watcher")
         await consumer.start()
         try:
-            tp = TopicPartition(T.MODEL_VERSIONS, 0)
+            tp = TopicPartition(contract.MODEL_VERSIONS, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             end = (await consumer.end_offsets([tp]))[tp]

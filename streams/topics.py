@@ -11,20 +11,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from coldstart.contract import CATALOG, CLICK, DLQ, MODEL_VERSIONS, SAMPLES, SEARCH, USER_TOPICS
 from coldstart.errors import ConfigError, KafkaUnavailable
 from coldstart.settings import Settings
 
 log = logging.getLogger(__name__)
-
-SEARCH = "events.search"
-CLICK = "events.click"
-CATALOG = "catalog.items"
-DLQ = "events.dlq"
-SAMPLES = "training.samples"
-MODEL_VERSIONS = "model.versions"
-
-USER_TOPICS = (SEARCH, CLICK)
-
 
 @dataclasses.dataclass(frozen=True)
 class TopicSpec:

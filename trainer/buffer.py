@@ -5,7 +5,7 @@ Contract with Kafka (invariant 1, offsets only after durability): the service co
 ``flush`` has returned. ``add`` alone is not durable: a crash before ``flush`` loses the pending samples,
 and Kafka redelivers them because their offsets were never committed.
 
-Segment schema (one row per :class:`streams.records.TrainingSample`)::
+Segment schema (:data:`coldstart.contract.SAMPLE_SCHEMA`, one row per :class:`coldstart.contract.TrainingSample`)::
 
     sample_id      string   the click's event id; the buffer holds each id at most once
     user_id        string
@@ -45,21 +45,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from model.registry import fsync_path
+from coldstart.contract import SAMPLE_SCHEMA
+from coldstart.model.registry import fsync_path
 
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("user_id", pa.string()),
-    ("context", pa.string()),
-    ("item_id", pa.string()),
-    ("item_text", pa.string()),
-    ("weight", pa.float32()),
-    ("loss", pa.float32()),
-    ("prior_events", pa.int32()),
-    ("model_version", pa.string()),
-    ("ts", pa.float64()),
-    ("received_ts", pa.float64()),
-])
+SCHEMA = SAMPLE_SCHEMA  # defined once, in the wire contract
 FIELDS = tuple(SCHEMA.names)
 _SEGMENT = re.compile(r"^seg-(\d+)\.parquet$")
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from trainer.rounds import encode_texts
+from coldstart.trainer.rounds import encode_texts
 
 METRICS = ("recall@10", "ndcg@10")
 

@@ -11,12 +11,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from model.encoder import TextEncoder
-from model.registry import LoadedVersion, Registry
-from streams.records import ModelAnnouncement
-from trainer.rounds import encode_texts
+from coldstart.model.encoder import TextEncoder
+from coldstart.model.registry import LoadedVersion, Registry
+from coldstart.contract import ANNOUNCE_KEY, ModelAnnouncement
+from coldstart.trainer.rounds import encode_texts
 
-ANNOUNCE_KEY = b"current"  # model.versions is compacted: the latest announcement is the one to serve
 
 
 def publish_version(registry: Registry, encoder: TextEncoder, module: torch.nn.Module, *,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from model.encoder import TextEncoder, mean_pool
+from coldstart.model.encoder import TextEncoder, mean_pool
 
 Sampling = Literal["importance", "weighted_loss", "uniform"]
 TEMPERATURE = 0.05

@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from coldstart.errors import KafkaUnavailable
+from coldstart.errors import BadEvent, KafkaUnavailable
 from coldstart.settings import Settings
-from model.encoder import TextEncoder
-from model.registry import Registry
-from streams import topics as T
-from trainer.buffer import SampleBuffer
-from trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
-from trainer.publish import ANNOUNCE_KEY, announcement, load_encoder, publish_version
-from trainer.rounds import RoundResult, Sampling, encode_texts, fine_tune
+from coldstart.model.encoder import TextEncoder
+from coldstart.model.registry import Registry
+from coldstart import contract
+from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample
+from coldstart.trainer.buffer import SampleBuffer
+from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
+from coldstart.trainer.publish import announcement, load_encoder, publish_version
+from coldstart.trainer.rounds import RoundResult, Sampling, encode_texts, fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +232,7 @@ class Trainer:
 
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            T.SAMPLES, bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-trainer",
+            contract.SAMPLES, bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-trainer",
             client_id=f"{s.app_id}-trainer", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
@@ -265,17 +264,22 @@ class Trainer:
         if not batches:
             self._update_buffer_metrics()
             return 0
-        samples, offsets = [], {}
+        samples, offsets, rejected = [], {}, []
         for tp, messages in batches.items():
             for msg in messages:
-                sample = _decode(msg.value)
-                if sample is None:
+                try:
+                    samples.append(TrainingSample.loads(msg.value))
+                except BadEvent as exc:
+                    # Never skipped silently and never redelivered forever: dead-lettered with the
+                    # original bytes, then its offset is committed with the rest.
                     self.metrics.samples_in.labels("malformed").inc()
-                    log.warning("skipping malformed training sample at %s:%d:%d", tp.topic, tp.partition,
-                                msg.offset)
-                else:
-                    samples.append(sample)
+                    log.warning("dead-lettering malformed training sample at %s:%d:%d: %s", tp.topic,
+                                tp.partition, msg.offset, exc)
+                    rejected.append(DeadLetter.of(exc, tp.topic, tp.partition, msg.offset, msg.key,
+                                                  msg.value, time.time()))
             offsets[tp] = messages[-1].offset + 1
+        for letter in rejected:
+            await self._producer.send_and_wait(contract.DLQ, value=letter.dumps())
         added = await asyncio.to_thread(self.ingest, samples)
         await self._consumer.commit(offsets)  # only now: the samples are in a flushed segment
         return added
@@ -304,8 +308,8 @@ class Trainer:
 
     async def announce(self, version: str, action: str) -> None:
         record = announcement(self.registry, version, action)
-        await self._producer.send_and_wait(T.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
-        log.info("announced %s %s on %s", action, version, T.MODEL_VERSIONS)
+        await self._producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
+        log.info("announced %s %s on %s", action, version, contract.MODEL_VERSIONS)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -340,26 +344,6 @@ class Trainer:
         m.buffer_samples.set(self.buffer.n_samples)
         oldest = self.buffer.oldest_received_ts
         m.buffer_age_seconds.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
-
-
-def _decode(value: bytes | None) -> dict[str, Any] | None:
-    try:
-        body = json.loads(value)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(body, dict) or not body.get("sample_id"):
-        return None
-    try:
-        weight = float(body["weight"])
-        return {
-            "sample_id": str(body["sample_id"]), "user_id": str(body["user_id"]), "context": str(body["context"]),
-            "item_id": str(body["item_id"]), "item_text": str(body["item_text"]),
-            "weight": weight if math.isfinite(weight) else 0.0, "loss": float(body.get("loss", 0.0)),
-            "prior_events": int(body.get("prior_events", 0)), "model_version": str(body.get("model_version", "")),
-            "ts": float(body["ts"]),
-        }
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 # -------------------------------------------------------------------------------- entry points
@@ -407,7 +391,7 @@ async def _announce_once(settings: Settings, registry: Registry, version: str, a
     try:
         await producer.start()
         record = announcement(registry, version, action)
-        await producer.send_and_wait(T.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
+        await producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
     except KafkaError as exc:
         raise KafkaUnavailable(f"CURRENT now names {version}, but the announcement failed: no Kafka broker at "
                                f"{settings.bootstrap_servers} ({exc}); rerun the rollback once Kafka is up") from exc

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from coldstart.replay import ReplayEvent
+from coldstart.replay.events import ReplayEvent
 
 __all__ = [
     "Baseline", "DecayedPopularity", "ItemKNN", "QueryMemory", "TextVectors", "Transitions",
@@ -98,7 +98,7 @@ class DecayedPopularity:
 
     def normalized(self) -> dict[str, float]:
         """``log1p(clicks) / log1p(max clicks)`` per item, clicks decayed to the newest click: the
-        worker's popularity scale (``model.retrieval.popularity_scores``)."""
+        worker's popularity scale (``coldstart.model.retrieval.popularity_scores``)."""
         if not self.scores:
             return {}
         unit = 2.0 ** self._newest
@@ -230,7 +230,7 @@ class ZeroShotProfile:
     click: the item); items = their title, or the count-weighted mean of the queries that led to
     clicks on them (past clicks only). Score = cosine; with ``blend`` the live scorer's popularity mix
     ``(1 - a(n)) * cos + a(n) * popularity`` with ``a(0) = 1`` and ``a(n) = 1 / (2 + n)`` (the worker's
-    ``model.profile.popularity_blend`` defaults).
+    ``coldstart.model.profile.popularity_blend`` defaults).
     """
 
     def __init__(self, vectors: TextVectors, *, blend: bool = False, half_life_s: float = 3600.0,

@@ -35,12 +35,13 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from coldstart.errors import ColdstartError, KafkaUnavailable
 from coldstart.evaluation.baselines import Baseline
-from coldstart.replay import ReplayEvent, topic_for
+from coldstart.evaluation.records import Ranking, TaskRun, write_rankings
+from coldstart.replay.events import ReplayEvent, topic_for
 
 log = logging.getLogger(__name__)
 
@@ -48,37 +49,6 @@ LIVE = "live"
 TASKS = {"search_click": True, "profile_only": False}  # task -> searches kept in the stream
 SEND_AHEAD = 256  # events scanned ahead for searches that may be sent early
 MAX_K = 1000  # the API's bound on k
-
-
-@dataclass
-class Ranking:
-    """One method's top-K for one click, and where the clicked item landed (``rank`` None: a miss)."""
-
-    task: str
-    method: str
-    click: int  # position of the click among the task's ranked clicks
-    event_id: str
-    user: str
-    item: str
-    ts: float
-    prior: int  # events of the user before this click (what the worker counts as n_events)
-    prior_clicks: int
-    query: str | None
-    ranking: list[str]
-    rank: int | None
-    stale: bool = False  # the worker had not applied all of the user's earlier events in time
-
-
-@dataclass
-class TaskRun:
-    task: str
-    rankings: list[Ranking] = field(default_factory=list)
-    seconds: float = 0.0
-    events: int = 0
-    clicks: int = 0
-    stale: int = 0
-    importance: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> {le: count}
-    catalog: int = 0  # distinct items seen in the stream
 
 
 # ------------------------------------------------------------------------------------- streams
@@ -356,7 +326,7 @@ class LocalStack:
 
     def start(self) -> None:
         from coldstart.kafka_local import LocalKafka
-        from streams.topics import ensure_topics
+        from coldstart.streams.topics import ensure_topics
 
         s = self.settings
         if self.bootstrap is None:
@@ -442,7 +412,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     tasks = cfg.tasks or (("search_click", "profile_only") if has_search else ("profile_only",))
     vectors = None
     if cfg.zero_shot:
-        from model.encoder import TextEncoder
+        from coldstart.model.encoder import TextEncoder
 
         vectors = TextVectors(TextEncoder(device=cfg.device))
         vectors.prefetch(texts_of(events))
@@ -474,17 +444,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     results = build_results(runs, meta, n_boot=cfg.n_boot)
     write_report(cfg.out, results, runs)
     return results
-
-
-def write_rankings(path: Path, runs: Iterable[TaskRun]) -> int:
-    """One JSON line per (method, click): the recorded list and the rank of the clicked item."""
-    n = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for run in runs:
-            for r in run.rankings:
-                handle.write(json.dumps(asdict(r), separators=(",", ":")) + "\n")
-                n += 1
-    return n
 
 
 __all__ = ["EvalConfig", "LIVE", "LiveClient", "LocalStack", "Ranking", "TASKS", "TaskRun", "evaluate",

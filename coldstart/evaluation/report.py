@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from coldstart.evaluation.records import write_rankings
 from coldstart.evaluation.metrics import COLD_GROUPS, GROUPS, coverage, prior_group, summarize
 
 LIVE = "live"
@@ -98,7 +99,6 @@ def build_results(runs: Sequence, meta: dict, n_boot: int = 1000) -> dict:
 
 # ---------------------------------------------------------------------------------- writing
 def write_report(out: Path, results: dict, runs: Sequence) -> Path:
-    from coldstart.evaluation.prequential import write_rankings
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from coldstart.errors import DatasetMissing
-from coldstart.replay import ReplayEvent
+from coldstart.replay.events import ReplayEvent
 
 BESTBUY_FILES = ("part1.csv", "part2.csv")
 AMAZON_ITEMS = "Office_Products.item.json"

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from coldstart.errors import KafkaUnavailable
-from coldstart.replay import ReplayEvent, topic_for
+from coldstart.replay.events import ReplayEvent, topic_for
 
 _MAX_IN_FLIGHT = 2_000  # delivery futures awaited in chunks: bounded memory, no per-event round trip
 

@@ -25,7 +25,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from coldstart.replay import ReplayEvent
+from coldstart.replay.events import ReplayEvent
 
 # category -> (nouns, adjectives, brands). Multi-word entries make queries realistic.
 VOCABULARY: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {

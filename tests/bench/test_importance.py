@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coldstart.replay import ReplayEvent
 
-from bench.importance import (
+from coldstart.bench.importance import (
     Click,
     clicks_with_prior,
     history_contexts,

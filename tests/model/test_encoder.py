@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-from model.encoder import (EmbeddingCache, TextEncoder, _file_sha256, default_model_path, resolve_device,
+from coldstart.model.encoder import (EmbeddingCache, TextEncoder, _file_sha256, default_model_path, resolve_device,
                            weights_version)
 
 pytestmark = pytest.mark.model

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.importance import catalog_loss, cold_factor, importance_weight, learnability, search_importance
+from coldstart.model.importance import catalog_loss, cold_factor, importance_weight, learnability, search_importance
 
 N = 1000
 LOG_N = math.log(N)

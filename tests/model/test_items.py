@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.encoder import EmbeddingCache, TextEncoder
-from model.items import ClickEvidence, ItemIndex
+from coldstart.model.encoder import EmbeddingCache, TextEncoder
+from coldstart.model.items import ClickEvidence, ItemIndex
 
 
 @pytest.fixture(scope="module")

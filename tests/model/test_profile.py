@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
+from coldstart.model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
 
 
 def test_recency_halves_each_half_life() -> None:

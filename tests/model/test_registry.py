@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from coldstart.errors import ArtifactRefused
-from model.encoder import TextEncoder
-from model.registry import CURRENT, MANIFEST, MODEL_FILE, Registry
+from coldstart.model.encoder import TextEncoder
+from coldstart.model.registry import CURRENT, MANIFEST, MODEL_FILE, Registry
 
 pytestmark = pytest.mark.model
 

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.profile import popularity_blend
-from model.retrieval import item_text_vector, popularity_scores, score_items, top_k
+from coldstart.model.profile import popularity_blend
+from coldstart.model.retrieval import item_text_vector, popularity_scores, score_items, top_k
 
 
 def test_popularity_scores_log_scaled() -> None:

@@ -130,7 +130,7 @@ class WorkerProcess:
 def worker(kafka_bootstrap, tmp_path_factory):
     """One worker per test module, with its own consumer group and table changelog."""
     from coldstart.settings import Settings
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
     w = WorkerProcess(kafka_bootstrap, f"cs-test-{uuid.uuid4().hex[:8]}",

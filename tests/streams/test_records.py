@@ -7,8 +7,8 @@ import json
 import pytest
 
 from coldstart.errors import BadEvent
-from streams.records import DeadLetter, parse_click, parse_item, parse_search, parse_ts
-from streams.state import ProfileState, RecentEvent
+from coldstart.contract import DeadLetter, parse_click, parse_item, parse_search, parse_ts
+from coldstart.streams.state import ProfileState, RecentEvent
 
 
 def raw(**body) -> bytes:

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
 
 
 def test_requests_are_routed_to_the_owning_worker(kafka_bootstrap, tmp_path):
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
     app_id = unique("cs-route")

@@ -13,11 +13,12 @@ import pytest
 from kafka import KafkaProducer
 
 from coldstart.settings import Settings
-from model.encoder import TextEncoder, default_model_path
-from model.registry import Registry
+from coldstart.model.encoder import TextEncoder, default_model_path
+from coldstart.model.registry import Registry
 from tests.streams.conftest import WorkerProcess, unique
-from trainer.publish import ANNOUNCE_KEY, announcement
-from trainer.service import rollback
+from coldstart.contract import ANNOUNCE_KEY
+from coldstart.trainer.publish import announcement
+from coldstart.trainer.service import rollback
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
 
@@ -52,7 +53,7 @@ def wait_version(worker: WorkerProcess, user: str, version: str, timeout: float 
 
 @pytest.fixture(scope="module")
 def swap_worker(kafka_bootstrap, tmp_path_factory):
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
     root = tmp_path_factory.mktemp("swap")

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streams.records import TrainingSample
-from trainer.buffer import SCHEMA, SampleBuffer
+from coldstart.contract import TrainingSample
+from coldstart.trainer.buffer import SCHEMA, SampleBuffer
 
 NOW = 1_700_000_000.0
 

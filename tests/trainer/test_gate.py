@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from model.encoder import TextEncoder
-from trainer.gate import catalog_from, decide, evaluate, ranking_metrics, split_holdout
+from coldstart.model.encoder import TextEncoder
+from coldstart.trainer.gate import catalog_from, decide, evaluate, ranking_metrics, split_holdout
 
 CATALOG = {
     "sku1": "xbox 360 console", "sku2": "office stapler", "sku3": "hdmi cable 6 ft",
@@ -53,7 +53,7 @@ def test_catalog_from_keeps_the_latest_text_per_item() -> None:
 
 
 def test_ties_rank_against_the_target() -> None:
-    from trainer.gate import ranks_of
+    from coldstart.trainer.gate import ranks_of
 
     items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     assert ranks_of(torch.tensor([[1.0, 0.0]]), items, torch.tensor([0])).tolist() == [1]

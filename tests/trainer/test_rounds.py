@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from model.encoder import TextEncoder
-from trainer.rounds import draw_batch, encode_texts, fine_tune, importance_correction, info_nce
+from coldstart.model.encoder import TextEncoder
+from coldstart.trainer.rounds import draw_batch, encode_texts, fine_tune, importance_correction, info_nce
 
 COLOURS = ["red", "blue", "green", "black", "white", "pink", "grey", "gold"]
 THINGS = ["kettle", "router", "stapler", "headset", "monitor", "drill", "tent", "blender"]

@@ -12,9 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from coldstart.settings import Settings
-from model.encoder import TextEncoder
-from streams.records import TrainingSample
-from trainer.service import Trainer, TrainerConfig, TrainerMetrics, _decode, list_versions
+from coldstart.errors import BadEvent
+from coldstart.model.encoder import TextEncoder
+from coldstart.contract import TrainingSample
+from coldstart.trainer.service import Trainer, TrainerConfig, TrainerMetrics, list_versions
 
 pytestmark = pytest.mark.model
 
@@ -90,9 +91,9 @@ def test_too_few_samples_skip_the_round(make_trainer) -> None:
     assert prom.get_sample_value("coldstart_trainer_rounds_total", {"outcome": "skipped"}) == 1
 
 
-def test_samples_are_decoded_from_the_workers_faust_records() -> None:
+def test_samples_are_decoded_from_the_workers_records() -> None:
     record = TrainingSample(**{k: v for k, v in make_samples(1)[0].items()})
-    assert _decode(record.dumps())["sample_id"] == "e0"
-    assert _decode(b"not json") is None
-    assert _decode(json.dumps({"sample_id": "x"}).encode()) is None  # fields missing
-    assert _decode(None) is None
+    assert TrainingSample.loads(record.dumps()).sample_id == "e0"
+    for bad in (b"not json", json.dumps({"sample_id": "x"}).encode(), None):  # not JSON, fields missing, empty
+        with pytest.raises(BadEvent):
+            TrainingSample.loads(bad)

@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaProducer
 
 from coldstart.settings import Settings
-from streams.records import TrainingSample
+from coldstart.contract import TrainingSample
 from tests.streams.conftest import WorkerProcess, unique
-from trainer.service import Trainer, TrainerConfig
+from coldstart.trainer.service import Trainer, TrainerConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ async def drain(trainer: Trainer, want: int, timeout: float = 60.0) -> int:
 
 
 def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp_path):
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     settings = Settings(bootstrap_servers=kafka_bootstrap, partitions=2, app_id=unique("cs-tr"),
                         buffer_dir=tmp_path / "buffer", registry_uri=str(tmp_path / "registry"))
@@ -83,7 +83,7 @@ def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp
 
 
 def test_worker_samples_train_a_version_the_worker_then_serves(kafka_bootstrap, tmp_path):
-    from streams.topics import ensure_topics
+    from coldstart.streams.topics import ensure_topics
 
     app_id = unique("cs-fresh")
     registry = tmp_path / "registry"

@@ -1,12 +1,14 @@
-"""Typed records at every boundary: parsing of incoming events, records on the outgoing topics.
+"""The wire contract: every topic name and every record that crosses a topic, defined once.
 
-Incoming topics carry raw bytes (so a bad event can go to ``events.dlq`` exactly as it arrived); they
-are parsed here into frozen dataclasses or rejected with a :class:`BadEvent` whose ``reason`` is a
-short stable code, used as the DLQ metric label.
+The worker, the trainer, replay, evaluation and the benchmarks all import this module (and nothing
+here imports Faust or a Kafka client). Incoming topics carry raw bytes, parsed here into frozen
+dataclasses or rejected with a :class:`~coldstart.errors.BadEvent` whose ``reason`` is a short stable
+code (the DLQ metric label). Outgoing records are frozen dataclasses with ``dumps() -> bytes`` and a
+strict ``loads(bytes)``; the training sample also has its Arrow schema (the trainer's Parquet buffer).
 
 >>> parse_search(b'{"event_id":"e1","user_id":"u1","ts":"2011-08-01T10:00:00Z","query":" Halo 3 "}', key=b"u1")
 SearchEvent(event_id='e1', user_id='u1', ts=1312192800.0, query='halo 3', session_id=None)
->>> parse_click(b'{"event_id":"e2","user_id":"u1","ts":1,"item_id":"sku9"}', key=b"u2")
+>>> parse_click(b'{"event_id":"e2","user_id":"u1","ts":1400000000,"item_id":"sku9"}', key=b"u2")
 Traceback (most recent call last):
 ...
 coldstart.errors.BadEvent: key_mismatch: message key 'u2' != user_id 'u1' (the event would be owned by the wrong worker)
@@ -16,14 +18,25 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import math
 from datetime import datetime, timezone
 from typing import Any
 
-import faust
+import pyarrow as pa
 
 from coldstart.errors import BadEvent
+
+# ------------------------------------------------------------------------------------------ topics
+SEARCH = "events.search"  # key = user_id
+CLICK = "events.click"  # key = user_id (co-partitioned with SEARCH: one worker owns a user)
+CATALOG = "catalog.items"  # key = item_id, compacted
+DLQ = "events.dlq"
+SAMPLES = "training.samples"  # key = user_id
+MODEL_VERSIONS = "model.versions"  # compacted; key ANNOUNCE_KEY
+USER_TOPICS = (SEARCH, CLICK)
+ANNOUNCE_KEY = b"current"  # model.versions is compacted: the latest announcement is the one to serve
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
@@ -33,6 +46,7 @@ MIN_TS = 946_684_800.0
 MAX_FUTURE_S = 86_400.0
 
 
+# --------------------------------------------------------------------------------- incoming events
 @dataclasses.dataclass(frozen=True, slots=True)
 class SearchEvent:
     event_id: str
@@ -115,7 +129,7 @@ def parse_item(raw: bytes, key: bytes | None = None) -> CatalogItem:
     )
 
 
-PARSERS = {"events.search": parse_search, "events.click": parse_click}
+PARSERS = {SEARCH: parse_search, CLICK: parse_click}
 
 
 def parse_ts(value: Any, now: float | None = None) -> float:
@@ -205,10 +219,37 @@ def _check_key(key: bytes | None, user_id: str) -> None:
 
 
 # ------------------------------------------------------------------------------- outgoing records
+MAX_DLQ_VALUE_BYTES = 128 * 1024  # a DLQ record must fit Kafka's default 1 MB message limit
 
 
-class DeadLetter(faust.Record, serializer="json"):
-    """A rejected input message, kept whole: the original bytes (base64), why, and where it came from."""
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _record_body(cls, raw: bytes | None) -> dict[str, Any]:
+    """Decode a record's JSON object and check its fields are all there (``BadEvent`` otherwise)."""
+    if raw is None:
+        raise BadEvent("empty", f"{cls.__name__} record has no value")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadEvent("not_json", f"{cls.__name__}: {str(exc)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadEvent("not_object", f"{cls.__name__} must be a JSON object")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in body and f.default is dataclasses.MISSING]
+    if missing:
+        raise BadEvent("missing_field", f"{cls.__name__} lacks {missing}")
+    return body
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A rejected input message: the original bytes (base64), why, and where it came from.
+
+    An original larger than ``MAX_DLQ_VALUE_BYTES`` is kept as its first bytes plus its full size and
+    sha256 (``truncated``), so the record still fits a Kafka message and the original can be found.
+    """
 
     reason: str
     detail: str
@@ -218,44 +259,135 @@ class DeadLetter(faust.Record, serializer="json"):
     key: str | None
     value_b64: str
     received_ts: float
+    value_size: int = 0
+    value_sha256: str = ""
+    truncated: bool = False
 
     @classmethod
     def of(cls, exc: BadEvent, topic: str, partition: int, offset: int, key: bytes | None,
            value: bytes | None, received_ts: float) -> "DeadLetter":
+        value = value or b""
+        kept = value[:MAX_DLQ_VALUE_BYTES]
         return cls(
             reason=exc.reason,
             detail=exc.detail[:500],
             topic=topic,
             partition=partition,
             offset=offset,
-            key=key.decode("utf-8", "replace") if key is not None else None,
-            value_b64=base64.b64encode(value or b"").decode("ascii"),
+            key=key[:MAX_ID_CHARS * 4].decode("utf-8", "replace") if key is not None else None,
+            value_b64=base64.b64encode(kept).decode("ascii"),
             received_ts=received_ts,
+            value_size=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
+            truncated=len(kept) < len(value),
         )
 
     def original(self) -> bytes:
         return base64.b64decode(self.value_b64)
 
+    def dumps(self) -> bytes:
+        return _json_bytes(dataclasses.asdict(self))
 
-class TrainingSample(faust.Record, serializer="json"):
-    """One importance-scored training pair: context text -> clicked item (the trainer's input)."""
+    @classmethod
+    def loads(cls, raw: bytes) -> "DeadLetter":
+        body = _record_body(cls, raw)
+        return cls(**{f.name: body[f.name] for f in dataclasses.fields(cls) if f.name in body})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSample:
+    """One importance-scored training pair: context text -> clicked item (the trainer's input).
+
+    >>> s = TrainingSample("e1", "u1", "halo", "sku1", "halo 3", 1.5, 2.0, 0, "base-x", 1.3e9)
+    >>> TrainingSample.loads(s.dumps()) == s
+    True
+    >>> TrainingSample.loads(s.dumps().replace(b'"weight":1.5', b'"weight":1e999'))
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: bad_field: TrainingSample.weight must be a finite number
+    """
 
     sample_id: str  # the click's event id: the trainer drops duplicates by it
     user_id: str
     context: str  # the query typed before the click, else the user's recent history
     item_id: str
     item_text: str
-    weight: float  # importance, bounded (model/importance.py)
+    weight: float  # importance, bounded (coldstart.model.importance)
     loss: float  # the scoring model's catalog cross-entropy on this sample
     prior_events: int
     model_version: str
     ts: float
 
+    def dumps(self) -> bytes:
+        return _json_bytes(dataclasses.asdict(self))
 
-class ModelAnnouncement(faust.Record, serializer="json"):
+    @classmethod
+    def loads(cls, raw: bytes | None) -> "TrainingSample":
+        """Strict decoding: every field present, typed, UTF-8-encodable and finite, or ``BadEvent``."""
+        body = _record_body(cls, raw)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            v = body[f.name]
+            where = f"{cls.__name__}.{f.name}"
+            if f.type == "str":
+                if not isinstance(v, str):
+                    raise BadEvent("bad_field", f"{where} must be a string")
+                _utf8(v, where)
+            elif f.type == "int":
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                    raise BadEvent("bad_field", f"{where} must be an integer in [0, 2**31)")
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise BadEvent("bad_field", f"{where} must be a finite number")
+                v = float(v)
+            values[f.name] = v
+        if not values["sample_id"]:
+            raise BadEvent("missing_field", "TrainingSample.sample_id is empty")
+        return cls(**values)
+
+
+# The trainer's Parquet buffer holds one row per TrainingSample plus when it arrived.
+SAMPLE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("user_id", pa.string()),
+    ("context", pa.string()),
+    ("item_id", pa.string()),
+    ("item_text", pa.string()),
+    ("weight", pa.float32()),
+    ("loss", pa.float32()),
+    ("prior_events", pa.int32()),
+    ("model_version", pa.string()),
+    ("ts", pa.float64()),
+    ("received_ts", pa.float64()),  # wall clock when the trainer took the sample in
+])
+assert SAMPLE_SCHEMA.names[:-1] == [f.name for f in dataclasses.fields(TrainingSample)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAnnouncement:
     """A model version ready to serve (publish or rollback), on the compacted ``model.versions`` topic."""
 
     version: str
     uri: str
     action: str  # publish | rollback
     announced_ts: float
+
+    def dumps(self) -> bytes:
+        return _json_bytes(dataclasses.asdict(self))
+
+    @classmethod
+    def loads(cls, raw: bytes | None) -> "ModelAnnouncement":
+        body = _record_body(cls, raw)
+        if not all(isinstance(body[k], str) for k in ("version", "uri", "action")):
+            raise BadEvent("bad_field", "ModelAnnouncement version, uri and action must be strings")
+        if body["action"] not in ("publish", "rollback"):
+            raise BadEvent("bad_field", f"ModelAnnouncement.action {body['action']!r} is not publish|rollback")
+        return cls(body["version"], body["uri"], body["action"], float(body["announced_ts"]))
+
+
+def _utf8(value: str, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadEvent("bad_text", f"{where} is not valid Unicode (a lone surrogate)") from None
+    return value

@@ -1,0 +1,138 @@
+"""The package as a user installs it: one top-level name, no import cycles, layers kept apart, and
+every docstring example in the package true (run here by its installed name)."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import pkgutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_modules() -> list[str]:
+    # The packages pyproject.toml installs (some are mapped from top-level folders, which a plain
+    # walk of coldstart.__path__ does not see in an editable install), and every module in them.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    names = set(packages)
+    for package in packages:
+        path = importlib.import_module(package).__path__
+        names.update(m.name for m in pkgutil.iter_modules(path, package + ".") if not m.ispkg)
+    return sorted(names)
+
+
+def module_source(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).read_text()
+
+
+def imports_of(name: str, modules: set[str]) -> set[str]:
+    """Every coldstart module ``name`` imports, at module level or inside functions (a lazy import
+    still ties the two modules together)."""
+    out: set[str] = set()
+    is_pkg = importlib.util.find_spec(name).submodule_search_locations is not None
+    package = name if is_pkg else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(module_source(name))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            # `from pkg import mod` imports the module pkg.mod when there is one.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        out.update(t for t in targets if t in modules and t != name)
+    return out
+
+
+def test_the_wheel_installs_only_the_coldstart_namespace(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("coldstart-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"coldstart"}
+    for part in ("streams", "model", "trainer", "bench", "evaluation", "replay"):
+        assert f"coldstart/{part}/__init__.py" in names
+
+
+def test_no_import_cycles() -> None:
+    modules = set(all_modules())
+    graph = {m: imports_of(m, modules) for m in modules}
+    # Tarjan's strongly connected components: any component of two or more modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for m in sorted(modules):
+        if m not in index:
+            visit(m)
+    assert cycles == []
+
+
+def test_cycle_finder_sees_a_lazy_import() -> None:
+    # The finder reads imports inside functions too: coldstart.cli imports the worker lazily.
+    assert "coldstart.streams.app" in imports_of("coldstart.cli", set(all_modules()))
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("coldstart.model", ("faust", "aiokafka", "kafka", "coldstart.streams", "coldstart.trainer")),
+    ("coldstart.trainer", ("faust", "coldstart.streams")),
+    ("coldstart.contract", ("faust", "aiokafka", "kafka")),
+])
+def test_layers_do_not_import_what_they_must_not(layer: str, forbidden: tuple[str, ...]) -> None:
+    modules = [m for m in all_modules() if m == layer or m.startswith(layer + ".")]
+    assert modules
+    for name in modules:
+        for node in ast.walk(ast.parse(module_source(name))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = [node.module or ""]
+            else:
+                continue
+            for t in targets:
+                assert not any(t == f or t.startswith(f + ".") for f in forbidden), f"{name} imports {t}"
+
+
+@pytest.mark.parametrize("name", all_modules())
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                                  verbose=False)
+    assert failures == 0
