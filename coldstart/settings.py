@@ -5,12 +5,17 @@ Flags win over variables, variables over defaults. Nothing else in the code read
 >>> s = Settings.from_env({"COLDSTART_PARTITIONS": "2"}, web_port=7000)
 >>> (s.partitions, s.web_port)
 (2, 7000)
+>>> Settings.from_env({"COLDSTART_DEVICE": "gpu"})
+Traceback (most recent call last):
+...
+coldstart.errors.ConfigError: COLDSTART_DEVICE='gpu' is not a device: use auto, cpu, cuda or cuda:N
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from coldstart.errors import ConfigError
 
 PREFIX = "COLDSTART_"
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +44,6 @@ class Settings:
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     embedding_cache_size: int = 100_000  # (model version, text) -> vector entries
-    max_text_chars: int = 256
     # Profiles
     recent_events: int = 20  # per user, bounded
     seen_event_ids: int = 256  # per user, for idempotency under at-least-once redelivery
@@ -73,6 +78,14 @@ class Settings:
             if field.name in values and not isinstance(values[field.name], str):
                 values[field.name] = _coerce(field, str(values[field.name]))
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        # Checked where it is read, so a typo fails at start-up with the variable's name, not deep in torch.
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
+        for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

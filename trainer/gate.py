@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from coldstart.evaluation.metrics import ndcg_at_k, recall_at_k
 from coldstart.trainer.rounds import encode_texts
 
 METRICS = ("recall@10", "ndcg@10")
@@ -110,14 +111,14 @@ def ranks_of(queries: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, 
 
 
 def ranking_metrics(ranks: torch.Tensor, k: int = 10) -> dict[str, float]:
-    """
+    """Recall@k and nDCG@k of 0-based catalog ranks, computed by the evaluation's metrics module (one
+    implementation for the gate and ``coldstart eval``, which count ranks from 1).
+
     >>> ranking_metrics(torch.tensor([0, 1, 12]))
     {'recall@10': 0.6666666666666666, 'ndcg@10': 0.5436432511904858, 'n': 3}
     """
-    ranks = ranks.to(torch.float64)
-    hit = ranks < k
-    gains = torch.where(hit, 1.0 / torch.log2(ranks + 2.0), torch.zeros_like(ranks))
-    return {f"recall@{k}": hit.double().mean().item(), f"ndcg@{k}": gains.mean().item(), "n": int(ranks.numel())}
+    one_based = [int(r) + 1 for r in ranks.tolist()]
+    return {f"recall@{k}": recall_at_k(one_based, k), f"ndcg@{k}": ndcg_at_k(one_based, k), "n": len(one_based)}
 
 
 def decide(candidate: dict[str, float], serving: dict[str, float], tolerance: float) -> Decision:

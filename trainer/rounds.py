@@ -19,6 +19,8 @@ The serving encoder is never touched: the round trains ``copy.deepcopy(encoder.m
 
 from __future__ import annotations
 
+import typing
+
 import copy
 import math
 import time
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from coldstart.model.encoder import TextEncoder, mean_pool
 
 Sampling = Literal["importance", "weighted_loss", "uniform"]
+SAMPLING_MODES: tuple[str, ...] = typing.get_args(Sampling)
 TEMPERATURE = 0.05
 
 

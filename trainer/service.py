@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from coldstart.errors import BadEvent, KafkaUnavailable
+from coldstart.errors import BadEvent, ConfigError, KafkaUnavailable
 from coldstart.settings import Settings
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
@@ -32,7 +32,7 @@ from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample
 from coldstart.trainer.buffer import SampleBuffer
 from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
-from coldstart.trainer.rounds import RoundResult, Sampling, encode_texts, fine_tune
+from coldstart.trainer.rounds import SAMPLING_MODES, RoundResult, Sampling, encode_texts, fine_tune
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ class TrainerConfig:
     poll_max_records: int = 5_000
     poll_timeout_s: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"sampling {self.sampling!r} is not one of {', '.join(SAMPLING_MODES)} "
+                              "(coldstart trainer --sampling)")
 
 
 @dataclasses.dataclass(frozen=True)

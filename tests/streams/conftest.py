@@ -120,6 +120,16 @@ class WorkerProcess:
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
             return resp.read().decode()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value from /metrics (0.0 when absent), read with prometheus_client's parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
     def log_tail(self, n: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""

@@ -1,0 +1,105 @@
+"""The batch step on its own, without a broker: parsed events and stored states in, new states and
+training samples out. The real MiniLM weights on the CPU; fixture factories build events and states."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from coldstart.contract import ClickEvent, SearchEvent
+from coldstart.model.serving import ServingModel
+from coldstart.settings import Settings
+from coldstart.streams.processor import BatchProcessor, profile_matrix
+from coldstart.streams.state import ProfileState
+
+pytestmark = pytest.mark.model
+
+TS = 1_700_000_000.0
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def model() -> ServingModel:
+    m = ServingModel.load(device="cpu")
+    for item_id, title in {"hp": "Wireless noise cancelling headphones", "kb": "Mechanical gaming keyboard",
+                           "st": "Heavy duty office stapler", "pan": "Non-stick frying pan"}.items():
+        m.items.upsert(item_id, title)
+    m.items.refresh(m.encoder, m.cache)
+    return m
+
+
+@pytest.fixture
+def processor(model) -> BatchProcessor:
+    return BatchProcessor(Settings(device="cpu"), model)
+
+
+def search(user: str, query: str, ts: float = TS, event_id: str | None = None) -> SearchEvent:
+    return SearchEvent(event_id or f"s{next(_ids)}", user, ts, query)
+
+
+def click(user: str, item_id: str, query: str | None = None, ts: float = TS,
+          event_id: str | None = None) -> ClickEvent:
+    return ClickEvent(event_id or f"c{next(_ids)}", user, ts, item_id, query)
+
+
+def test_a_cold_users_first_search_makes_a_profile_in_the_serving_space(processor, model) -> None:
+    out = processor.process([search("u1", "bluetooth headphones")], {})
+    state = out.profiles["u1"]
+    assert state.n_events == 1 and state.version == model.version
+    vec = torch.from_numpy(state.vector)
+    assert abs(float(vec.norm()) - 1.0) < 1e-4
+    items, valid = model.items.matrix()
+    assert model.items.ids[int((items[valid] @ vec).argmax())] == "hp"
+    assert out.samples == []  # a search has no label: no training sample
+    (w,) = out.importance["search"]
+    assert 0.1 <= w <= 4.0
+
+
+def test_an_event_id_seen_before_changes_nothing(processor) -> None:
+    first = search("u2", "office stapler", event_id="dup-1")
+    out = processor.process([first, first], {})  # twice within one batch
+    assert out.duplicates == 1 and out.profiles["u2"].n_events == 1
+    stored = ProfileState.loads(out.profiles["u2"].dumps())
+    again = processor.process([first], {"u2": stored})  # redelivered in a later batch
+    assert again.duplicates == 1 and again.profiles == {} and again.samples == []
+
+
+def test_a_click_yields_one_sample_with_the_items_text_and_a_bounded_weight(processor, model) -> None:
+    out = processor.process([click("u3", "kb", query="gaming keyboard")], {})
+    (sample,) = out.samples
+    assert (sample.user_id, sample.item_id, sample.context) == ("u3", "kb", "gaming keyboard")
+    assert sample.item_text == "Mechanical gaming keyboard" and sample.model_version == model.version
+    assert 0.1 <= sample.weight <= 4.0 and np.isfinite(sample.loss) and sample.prior_events == 0
+
+
+def test_an_untitled_item_learns_its_vector_from_the_query_before_the_click(processor, model) -> None:
+    assert "new-sku" not in model.items.row
+    processor.process([click("u4", "new-sku", query="halo 3 xbox game")], {})
+    row = model.items.row["new-sku"]
+    assert bool(model.items.valid[row])
+    expected = model.encoder.encode(["halo 3 xbox game"])[0]
+    assert torch.allclose(model.items.vectors[row], expected, atol=1e-5)
+
+
+def test_a_profile_from_another_version_is_recomputed_not_mixed(processor, model) -> None:
+    old = processor.process([search("u5", "frying pan")], {}).profiles["u5"]
+    old.vector = np.ones_like(old.vector) / np.sqrt(old.vector.size)  # a vector from another space
+    old.version = "v-older"
+    out = processor.process([search("u5", "kitchen pan", ts=TS + 1)], {"u5": old})
+    state = out.profiles["u5"]
+    assert state.version == model.version and state.n_events == 2
+    fresh = profile_matrix(model, [state], Settings().half_life_s)[0].numpy()
+    assert np.allclose(state.vector, fresh, atol=1e-5)
+
+
+def test_same_events_give_the_same_profile_in_one_batch_or_two(processor) -> None:
+    events = [search("u6", "noise cancelling", ts=TS), click("u6", "hp", ts=TS + 5)]
+    together = processor.process(events, {}).profiles["u6"]
+    first = processor.process(events[:1], {}).profiles["u6"]
+    # The second call sees the stored state, as the worker would after a table round trip.
+    apart = processor.process(events[1:], {"u6": ProfileState.loads(first.dumps())}).profiles["u6"]
+    assert together.n_events == apart.n_events == 2
+    assert np.allclose(together.vector, apart.vector, atol=1e-5)
