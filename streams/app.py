@@ -60,6 +60,7 @@ class Worker:
         self.lag_now = 0
         self.stream_failure: BaseException | None = None
         self.agent_crashes: dict[str, BaseException] = {}
+        self._evictions_reported: dict[str, int] = {}
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
 
@@ -154,6 +155,7 @@ class Worker:
             for topic, value in lag.items():
                 self.metrics.consumer_lag.labels(topic).set(value)
             self.lag_now = sum(lag.values())
+            self.report_item_evictions()
 
         async def owned_recommendations(web, request, user_id: str):
             return await self.recommendations_view(web, request, user_id)
@@ -196,6 +198,14 @@ class Worker:
         return (not app.rebalancing and app.tables.recovery.completed.is_set()
                 and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set()
                 and self.swapper.caught_up.is_set())
+
+    def report_item_evictions(self) -> None:
+        """Carry the item index's eviction counts (it survives swaps through ``adopt``) to the metric."""
+        for reason, n in self.model.items.evictions.items():
+            new = n - self._evictions_reported.get(reason, 0)
+            if new > 0:
+                self.metrics.item_evictions.labels(reason).inc(new)
+                self._evictions_reported[reason] = n
 
     def health_problem(self) -> str | None:
         """Why this worker is unhealthy (None: it is not): a crashed agent, a stream stuck on an error,
