@@ -41,9 +41,11 @@ ANNOUNCE_KEY = b"current"  # model.versions is compacted: the latest announcemen
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 512
-# Events dated before 2000 or more than a day ahead are clock bugs, not history.
+# Live-traffic defaults (Settings.min_event_ts / max_future_skew_s): events dated before 2000 or more
+# than a day ahead are clock bugs, not history. A replay of an older log passes its own bounds.
 MIN_TS = 946_684_800.0
 MAX_FUTURE_S = 86_400.0
+MAX_JSON_DEPTH = 32  # events are flat objects; deeper nesting is refused before json.loads recurses
 
 
 # --------------------------------------------------------------------------------- incoming events
@@ -84,20 +86,22 @@ UserEvent = SearchEvent | ClickEvent
 # ---------------------------------------------------------------------------------------- parsing
 
 
-def parse_search(raw: bytes, key: bytes | None = None, now: float | None = None) -> SearchEvent:
+def parse_search(raw: bytes, key: bytes | None = None, now: float | None = None, *,
+                 min_ts: float = MIN_TS, max_future_s: float = MAX_FUTURE_S) -> SearchEvent:
     body = _load(raw)
     user_id = _id(body, "user_id")
     _check_key(key, user_id)
     return SearchEvent(
         event_id=_id(body, "event_id"),
         user_id=user_id,
-        ts=parse_ts(body.get("ts"), now=now),
+        ts=parse_ts(body.get("ts"), now=now, min_ts=min_ts, max_future_s=max_future_s),
         query=_text(body, "query"),
         session_id=_optional_str(body, "session_id"),
     )
 
 
-def parse_click(raw: bytes, key: bytes | None = None, now: float | None = None) -> ClickEvent:
+def parse_click(raw: bytes, key: bytes | None = None, now: float | None = None, *,
+                min_ts: float = MIN_TS, max_future_s: float = MAX_FUTURE_S) -> ClickEvent:
     body = _load(raw)
     user_id = _id(body, "user_id")
     _check_key(key, user_id)
@@ -108,7 +112,7 @@ def parse_click(raw: bytes, key: bytes | None = None, now: float | None = None) 
     return ClickEvent(
         event_id=_id(body, "event_id"),
         user_id=user_id,
-        ts=parse_ts(body.get("ts"), now=now),
+        ts=parse_ts(body.get("ts"), now=now, min_ts=min_ts, max_future_s=max_future_s),
         item_id=_id(body, "item_id"),
         query=_text(body, "query") if query not in (None, "") else None,
         position=position,
@@ -132,32 +136,57 @@ def parse_item(raw: bytes, key: bytes | None = None) -> CatalogItem:
 PARSERS = {SEARCH: parse_search, CLICK: parse_click}
 
 
-def parse_ts(value: Any, now: float | None = None) -> float:
-    """Epoch seconds (int/float, or milliseconds when obviously so) or an ISO-8601 string, as UTC."""
+def parse_ts(value: Any, now: float | None = None, *, min_ts: float = MIN_TS,
+             max_future_s: float = MAX_FUTURE_S) -> float:
+    """Epoch seconds (int/float, or milliseconds when obviously so) or an ISO-8601 string, as UTC.
+
+    Times before ``min_ts`` or more than ``max_future_s`` after ``now`` are refused as clock bugs
+    (live defaults); a replay of history passes ``min_ts=0``.
+
+    >>> parse_ts(10**400)
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: bad_timestamp: ts is an integer of 401 digits, not a time
+    >>> parse_ts("1997-09-20T10:00:00Z", min_ts=0)
+    874749600.0
+    """
     if value is None:
         raise BadEvent("missing_field", "ts is required")
     if isinstance(value, bool):
         raise BadEvent("bad_timestamp", f"ts must be epoch seconds or ISO-8601, got {value!r}")
+    if isinstance(value, int) and abs(value) > 10**15:  # float() of a huge int raises OverflowError
+        raise BadEvent("bad_timestamp", f"ts is an integer of {len(str(abs(value)))} digits, not a time")
     if isinstance(value, (int, float)):
         ts = float(value)
         if ts > 1e11:  # milliseconds since the epoch
             ts /= 1000.0
     elif isinstance(value, str):
         try:
-            text = value.strip().replace("Z", "+00:00")
+            text = value[:64].strip().replace("Z", "+00:00")
             parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise BadEvent("bad_timestamp", f"ts {value!r} is not ISO-8601 or epoch seconds") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        ts = parsed.timestamp()
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            ts = parsed.timestamp()
+        except (ValueError, OverflowError):  # OverflowError: year 1 with a negative offset, ...
+            raise BadEvent("bad_timestamp", f"ts {value[:64]!r} is not ISO-8601 or epoch seconds") from None
     else:
         raise BadEvent("bad_timestamp", f"ts must be epoch seconds or ISO-8601, got {type(value).__name__}")
-    if not math.isfinite(ts) or ts < MIN_TS:
-        raise BadEvent("bad_timestamp", f"ts {value!r} is before 2000-01-01")
-    if now is not None and ts > now + MAX_FUTURE_S:
-        raise BadEvent("bad_timestamp", f"ts {value!r} is more than a day in the future")
+    if not math.isfinite(ts):
+        raise BadEvent("bad_timestamp", f"ts {value!r} is not a finite time")
+    if ts < min_ts:
+        raise BadEvent("bad_timestamp", f"ts {value!r} is before {_iso(min_ts)} (COLDSTART_MIN_EVENT_TS; "
+                                        "replaying history: lower it or rebase the log's times)")
+    if now is not None and ts > now + max_future_s:
+        raise BadEvent("bad_timestamp", f"ts {value!r} is more than {max_future_s:g} s in the future "
+                                        "(COLDSTART_MAX_FUTURE_SKEW_S)")
     return ts
+
+
+def _iso(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+    except (ValueError, OverflowError, OSError):
+        return repr(ts)
 
 
 def _load(raw: bytes) -> dict[str, Any]:
@@ -165,13 +194,58 @@ def _load(raw: bytes) -> dict[str, Any]:
         raise BadEvent("empty", "message has no value")
     if len(raw) > MAX_EVENT_BYTES:
         raise BadEvent("too_large", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
+    body = _json_object(raw)
+    if body is None:
+        raise BadEvent("not_object", "expected a JSON object")
+    return body
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """``json.loads`` with every way it fails turned into ``BadEvent`` (None: valid JSON, not an object).
+
+    Besides syntax: ``ValueError`` for an integer beyond Python's digit limit, ``RecursionError`` for
+    deep nesting (refused up front by counting brackets, so no stack is spent on it).
+
+    >>> _json_object(b'{"a":' + b"1" * 5000 + b'}')
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: not_json: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit
+    >>> _json_object(b"[" * 100 + b"]" * 100)
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: too_deep: JSON nested deeper than 32 levels
+    """
+    if _nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise BadEvent("too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise BadEvent("not_json", str(exc)[:200]) from None
-    if not isinstance(body, dict):
-        raise BadEvent("not_object", f"expected a JSON object, got {type(body).__name__}")
-    return body
+    return body if isinstance(body, dict) else None
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """Maximum bracket depth outside strings (an upper bound is enough to refuse early)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _id(body: dict[str, Any], name: str) -> str:
@@ -183,7 +257,7 @@ def _id(body: dict[str, Any], name: str) -> str:
     value = str(value)
     if len(value) > MAX_ID_CHARS:
         raise BadEvent("bad_field", f"{name} longer than {MAX_ID_CHARS} characters")
-    return value
+    return _utf8(value, name)
 
 
 def _text(body: dict[str, Any], name: str, lower: bool = True) -> str:
@@ -195,7 +269,7 @@ def _text(body: dict[str, Any], name: str, lower: bool = True) -> str:
     value = " ".join(value.split())[:MAX_TEXT_CHARS]
     if not value:
         raise BadEvent("empty_text", f"{name} is empty")
-    return value.lower() if lower else value
+    return _utf8(value.lower() if lower else value, name)
 
 
 def _optional_str(body: dict[str, Any], name: str) -> str | None:
@@ -204,7 +278,7 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise BadEvent("bad_field", f"{name} must be a string")
-    return str(value)[:MAX_ID_CHARS]
+    return _utf8(str(value)[:MAX_ID_CHARS], name)
 
 
 def _check_key(key: bytes | None, user_id: str) -> None:
@@ -231,10 +305,10 @@ def _record_body(cls, raw: bytes | None) -> dict[str, Any]:
     if raw is None:
         raise BadEvent("empty", f"{cls.__name__} record has no value")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadEvent("not_json", f"{cls.__name__}: {str(exc)[:200]}") from None
-    if not isinstance(body, dict):
+        body = _json_object(raw)
+    except BadEvent as exc:
+        raise BadEvent(exc.reason, f"{cls.__name__}: {exc.detail}") from None
+    if body is None:
         raise BadEvent("not_object", f"{cls.__name__} must be a JSON object")
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in body and f.default is dataclasses.MISSING]
@@ -269,8 +343,9 @@ class DeadLetter:
         value = value or b""
         kept = value[:MAX_DLQ_VALUE_BYTES]
         return cls(
-            reason=exc.reason,
-            detail=exc.detail[:500],
+            # backslashreplace: an error about a lone surrogate may quote it, and must still encode.
+            reason=exc.reason.encode("utf-8", "backslashreplace").decode(),
+            detail=exc.detail[:500].encode("utf-8", "backslashreplace").decode(),
             topic=topic,
             partition=partition,
             offset=offset,
@@ -337,7 +412,9 @@ class TrainingSample:
                 if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
                     raise BadEvent("bad_field", f"{where} must be an integer in [0, 2**31)")
             else:
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                # abs(v) bound first: math.isfinite of a huge int raises OverflowError.
+                if (isinstance(v, bool) or not isinstance(v, (int, float)) or abs(v) > 1e300
+                        or not math.isfinite(v)):
                     raise BadEvent("bad_field", f"{where} must be a finite number")
                 v = float(v)
             values[f.name] = v
@@ -382,7 +459,10 @@ class ModelAnnouncement:
             raise BadEvent("bad_field", "ModelAnnouncement version, uri and action must be strings")
         if body["action"] not in ("publish", "rollback"):
             raise BadEvent("bad_field", f"ModelAnnouncement.action {body['action']!r} is not publish|rollback")
-        return cls(body["version"], body["uri"], body["action"], float(body["announced_ts"]))
+        ts = body["announced_ts"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not abs(ts) < 1e300:
+            raise BadEvent("bad_field", "ModelAnnouncement.announced_ts must be a number")
+        return cls(body["version"], body["uri"], body["action"], float(ts))
 
 
 def _utf8(value: str, where: str) -> str:

@@ -60,6 +60,11 @@ class Settings:
     kafka_dir: Path = Path("var/kafka")
     # Data
     shared_data: Path = Path("../shared/data")
+    # Reliability (issue 8): time plausibility, stall detection, the advertised URL of this worker.
+    min_event_ts: float = 946_684_800.0  # events dated before this (2000-01-01) are clock bugs; 0 = history
+    max_future_skew_s: float = 86_400.0  # events dated further ahead of the wall clock are refused
+    stall_after_s: float = 60.0  # /health is 503 when no batch completed this long while lag grows
+    advertised_url: str = ""  # the URL other workers proxy to; empty: http://web_host:web_port
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -4,6 +4,17 @@ An item is recommendable the moment it has a vector: a catalog item from its tit
 arrives; an item without a title (the Best Buy log has none) from the queries that led to clicks on
 it, learned from past clicks only. Vectors are recomputed lazily (``refresh``) for the rows that
 changed, so a batch pays for the items it touched, not for the catalog.
+
+Bounded: at ``max_items`` a new item takes the row of the untitled item unseen for longest (an id
+only ever seen in clicks); a new catalog item, when every row is titled, takes the row of the titled
+item unseen for longest; a new untitled id then is not indexed (its click still counts in the
+profile). Nothing raises; ``evictions`` counts each case by reason.
+
+>>> idx = ItemIndex(4, torch.device("cpu"), max_items=2)
+>>> _ = idx.observe_clicks([ClickEvidence("c1", "a", "q", 1.0), ClickEvidence("c2", "b", "q", 2.0)])
+>>> _ = idx.observe_clicks([ClickEvidence("c3", "a", "q", 3.0), ClickEvidence("c4", "new", "q", 4.0)])
+>>> sorted(idx.row), dict(idx.evictions)  # "b" was unseen for longest
+(['a', 'new'], {'untitled': 1})
 """
 
 from __future__ import annotations
@@ -54,16 +65,24 @@ class ItemIndex:
         self.query_rows: dict[str, dict[int, int]] = {}
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seen_cap = seen_clicks
+        # Rows by whether they have a title, least recently seen first: the eviction order at capacity.
+        self._recency: dict[bool, collections.OrderedDict[int, None]] = {
+            False: collections.OrderedDict(), True: collections.OrderedDict()}
+        self.evictions: collections.Counter[str] = collections.Counter()  # untitled | titled | refused
 
     def __len__(self) -> int:
         return len(self.ids)
 
     # ------------------------------------------------------------------------------ updates
-    def upsert(self, item_id: str, title: str | None) -> int:
-        row = self._row_for(item_id)
+    def upsert(self, item_id: str, title: str | None) -> int | None:
+        """The item's row (None: the index is full of titled items and this one has no title)."""
+        row = self._row_for(item_id, titled=bool(title))
+        if row is None:
+            return None
         if title and self.titles[row] != title:
             self.titles[row] = title
             self._changed(row)
+        self._touch(row)
         return row
 
     def observe_clicks(self, clicks: Iterable[ClickEvidence]) -> int:
@@ -76,13 +95,19 @@ class ItemIndex:
         while len(self._seen) > self._seen_cap:
             self._seen.popitem(last=False)
         self._decay_to(max(c.ts for c in fresh))
-        rows = []
+        rows, indexed = [], []
         for c in fresh:
-            row = self._row_for(c.item_id)
+            row = self._row_for(c.item_id, titled=False)
+            if row is None:
+                continue
+            self._touch(row)
             rows.append(row)
+            indexed.append(c)
             if c.query:
                 self._add_query(row, c.query)
-        weights = torch.tensor([0.5 ** (max(self.pop_ts - c.ts, 0.0) / self.half_life_s) for c in fresh],
+        if not rows:
+            return len(fresh)
+        weights = torch.tensor([0.5 ** (max(self.pop_ts - c.ts, 0.0) / self.half_life_s) for c in indexed],
                                device=self.device)
         self.pop.index_add_(0, torch.tensor(rows, device=self.device), weights)
         return len(fresh)
@@ -101,6 +126,10 @@ class ItemIndex:
         if limit is not None:
             rows = rows[:limit]
         self._dirty.difference_update(rows)
+        # A reused (evicted) row with no text yet must not keep its previous item's vector.
+        empty = [r for r in rows if not self.titles[r] and not self.queries[r]]
+        if empty:
+            self.valid[empty] = False
         titled = [r for r in rows if self.titles[r]]
         if titled:
             vecs = cache.encode(encoder, [self.titles[r] for r in titled])
@@ -139,6 +168,8 @@ class ItemIndex:
         other.pop[: len(self.ids)] = self.pop[: len(self.ids)].to(other.device)
         other.pop_ts = self.pop_ts
         other._seen = collections.OrderedDict(self._seen)
+        other._recency = {k: collections.OrderedDict(v) for k, v in self._recency.items()}
+        other.evictions = collections.Counter(self.evictions)
         other.revision = self.revision
         other.row_rev = list(self.row_rev)
         other._dirty = set(range(len(self.ids)))
@@ -155,6 +186,7 @@ class ItemIndex:
         self.ids, self.row, self.titles, self.queries = live.ids, live.row, live.titles, live.queries
         self.query_rows = live.query_rows
         self._seen, self.revision, self.row_rev = live._seen, live.revision, live.row_rev
+        self._recency, self.evictions = live._recency, live.evictions
         self.pop[:n] = live.pop[:n].to(self.device)
         self.pop_ts = live.pop_ts
         stale = [r for r in range(n) if self.row_rev[r] > snapshot_revision]
@@ -197,12 +229,12 @@ class ItemIndex:
         return [self.row[i] for i in item_ids if i in self.row]
 
     # ------------------------------------------------------------------------------ internals
-    def _row_for(self, item_id: str) -> int:
+    def _row_for(self, item_id: str, titled: bool) -> int | None:
         row = self.row.get(item_id)
         if row is not None:
             return row
         if len(self.ids) >= self.max_items:
-            raise OverflowError(f"item index full ({self.max_items} items): raise COLDSTART_MAX_ITEMS")
+            return self._reuse_row(item_id, titled)
         row = len(self.ids)
         if row >= self.vectors.shape[0]:
             self._grow()
@@ -213,6 +245,41 @@ class ItemIndex:
         self.row_rev.append(0)
         self._changed(row)
         return row
+
+    def _reuse_row(self, item_id: str, titled: bool) -> int | None:
+        """At capacity: evict the untitled item unseen for longest (a titled one only to make room
+        for another titled item) and give its row to ``item_id``; None when nothing may go."""
+        if self._recency[False]:
+            reason = "untitled"
+        elif titled and self._recency[True]:
+            reason = "titled"
+        else:
+            self.evictions["refused"] += 1
+            return None
+        row, _ = self._recency[reason == "titled"].popitem(last=False)
+        self.evictions[reason] += 1
+        del self.row[self.ids[row]]
+        for query in self.queries[row]:
+            rows = self.query_rows.get(query)
+            if rows is not None:
+                rows.pop(row, None)
+                if not rows:
+                    del self.query_rows[query]
+        self.ids[row] = item_id
+        self.row[item_id] = row
+        self.titles[row] = None
+        self.queries[row] = collections.Counter()
+        self.valid[row] = False
+        self.pop[row] = 0.0
+        self._changed(row)
+        return row
+
+    def _touch(self, row: int) -> None:
+        titled = bool(self.titles[row])
+        self._recency[not titled].pop(row, None)
+        order = self._recency[titled]
+        order[row] = None
+        order.move_to_end(row)
 
     def _changed(self, row: int) -> None:
         self.revision += 1

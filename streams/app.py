@@ -53,6 +53,14 @@ class Worker:
         self.recommender = Recommender(settings, self.model)
         self.metrics.model_version_info.labels(self.model.version).set(1)
         self._router_ready = False
+        # Liveness of the stream (issue 8): when a batch last completed, the lag seen then, and the
+        # error the stream is stuck on (a systemic failure retried with backoff, never acknowledged).
+        self.last_progress = time.monotonic()
+        self.lag_at_progress = 0
+        self.lag_now = 0
+        self.stream_failure: BaseException | None = None
+        self.agent_crashes: dict[str, BaseException] = {}
+        self._evictions_reported: dict[str, int] = {}
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
 
@@ -76,7 +84,8 @@ class Worker:
             web_host=s.web_host,
             web_port=s.web_port,
             # Other workers proxy requests for users they do not own to this URL.
-            canonical_url=f"http://{s.web_host}:{s.web_port}",
+            # Bound to 0.0.0.0 every worker would advertise the same URL: set COLDSTART_ADVERTISED_URL.
+            canonical_url=s.advertised_url or f"http://{s.web_host}:{s.web_port}",
             web_in_thread=False,
             topic_partitions=s.partitions,
             topic_replication_factor=s.replication_factor,
@@ -104,19 +113,25 @@ class Worker:
 
         @app.agent(user_events, name="update_profiles")
         async def update_profiles(stream):
-            async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
-                async with self.batch_lock:
-                    await self.handle_batch(batch)
+            with self.crash_recorded("update_profiles"):
+                async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
+                    async with self.batch_lock:
+                        # Never returns before the batch's effect is written: take_events acks the
+                        # batch when this returns *or raises*, so raising would lose it.
+                        await self.handle_batch_until_done(batch)
 
         @app.agent(catalog, name="validate_catalog")
         async def validate_catalog(stream):
             # Items reach every worker's index through CatalogReader (all partitions); this group
             # consumer only dead-letters invalid items, once.
-            async for event in stream.events():
-                try:
-                    parse_item(event.message.value, event.message.key)
-                except BadEvent as exc:
-                    await self.dead_letter(exc, event)
+            with self.crash_recorded("validate_catalog"):
+                async for event in stream.events():
+                    try:
+                        parse_item(event.message.value, event.message.key)
+                    except BadEvent as exc:
+                        await self.dead_letter(exc, event)
+                    except Exception as exc:  # a parser bug costs this item, not the stream
+                        await self.dead_letter(internal_error(exc), event)
 
         @app.task
         async def read_catalog() -> None:
@@ -139,6 +154,8 @@ class Worker:
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, (end or 0) - committed)
             for topic, value in lag.items():
                 self.metrics.consumer_lag.labels(topic).set(value)
+            self.lag_now = sum(lag.values())
+            self.report_item_evictions()
 
         async def owned_recommendations(web, request, user_id: str):
             return await self.recommendations_view(web, request, user_id)
@@ -160,6 +177,10 @@ class Worker:
 
         @app.page("/health")
         async def health(web, request):
+            problem = self.health_problem()
+            if problem is not None:
+                return web.json({"status": "unhealthy", "problem": problem,
+                                 "model_version": self.model.version}, status=503)
             ready = self.ready()
             return web.json({
                 "status": "ok" if ready else "starting",
@@ -178,26 +199,120 @@ class Worker:
                 and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set()
                 and self.swapper.caught_up.is_set())
 
+    def report_item_evictions(self) -> None:
+        """Carry the item index's eviction counts (it survives swaps through ``adopt``) to the metric."""
+        for reason, n in self.model.items.evictions.items():
+            new = n - self._evictions_reported.get(reason, 0)
+            if new > 0:
+                self.metrics.item_evictions.labels(reason).inc(new)
+                self._evictions_reported[reason] = n
+
+    def health_problem(self) -> str | None:
+        """Why this worker is unhealthy (None: it is not): a crashed agent, a stream stuck on an error,
+        or no batch completed for ``stall_after_s`` while the consumer lag grew."""
+        for name, exc in self.agent_crashes.items():
+            return f"agent {name} crashed: {type(exc).__name__}: {exc}"[:500]
+        for agent in (getattr(self, "update_profiles", None),):
+            for aref in list(getattr(agent, "_actors", ())):
+                if getattr(aref, "crashed", False):
+                    return f"agent {agent.name} crashed: {aref.crash_reason!r}"[:500]
+        if self.stream_failure is not None:
+            exc = self.stream_failure
+            return f"stream retrying a failed batch: {type(exc).__name__}: {exc}"[:500]
+        idle = time.monotonic() - self.last_progress
+        if idle > self.settings.stall_after_s and self.lag_now > self.lag_at_progress:
+            return (f"stream stalled: no batch completed for {idle:.0f} s while lag grew "
+                    f"{self.lag_at_progress} -> {self.lag_now}")
+        return None
+
+    @contextlib.contextmanager
+    def crash_recorded(self, agent: str) -> Iterator[None]:
+        """Remember an agent's crash for /health (Faust logs it and the process keeps answering)."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.agent_crashes[agent] = exc
+            log.exception("agent %s crashed", agent)
+            raise
+
     # ------------------------------------------------------------------------------- stream
+    async def handle_batch_until_done(self, batch) -> None:
+        """``handle_batch``, retried with backoff on a failure no single event explains (broker,
+        device); /health is red meanwhile. Never gives up: an unacknowledged batch is redelivered
+        to whoever owns it next, a given-up one would be lost."""
+        delay = 0.5
+        while True:
+            try:
+                await self.handle_batch(batch)
+                self.stream_failure = None
+                return
+            except SystemicFailure as exc:
+                failure: BaseException = exc.__cause__ or exc
+            except Exception as exc:
+                failure = exc
+            self.stream_failure = failure
+            log.error("batch of %d events failed, retrying in %.1f s: %r", len(batch), delay, failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def handle_batch(self, batch) -> None:
+        """Parse, validate and apply a batch; every event that fails on its own goes to the DLQ.
+
+        A failure of the batch step is retried once (``_bisect``'s first try) and then bisected down
+        to the events that fail alone; only when *every* event fails alone is it systemic
+        (``SystemicFailure``: retried by the caller, nothing dead-lettered).
+        """
         started = time.perf_counter()
         m = self.metrics
         parsed = []
-        last_event_of: dict[str, faust.EventT] = {}
         for event in batch:
             msg = event.message
             kind = "search" if msg.topic == contract.SEARCH else "click"
             m.events_in.labels(kind).inc()
             try:
-                ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time())
+                ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time(), min_ts=self.settings.min_event_ts,
+                                        max_future_s=self.settings.max_future_skew_s)
             except BadEvent as exc:
-                with event_context(event):
-                    await self.dead_letter(exc, event)
+                await self.dead_letter(exc, event)
+                continue
+            except Exception as exc:  # a parser bug costs this event, not the batch
+                await self.dead_letter(internal_error(exc), event)
                 continue
             parsed.append((ev, event))
-            last_event_of[ev.user_id] = event
-        if not parsed:
-            return
+        if parsed:
+            try:
+                await self.apply(parsed)
+            except Exception as exc:
+                log.warning("batch step failed on %d events (%r): retrying, then bisecting", len(parsed), exc)
+                poison = await self._bisect(parsed)
+                if len(poison) == len(parsed) and len(parsed) > 1:
+                    raise SystemicFailure(f"every one of {len(parsed)} events fails alone") from poison[0][1]
+                for (ev, event), exc in poison:
+                    await self.dead_letter(internal_error(exc), event)
+        m.batch_size.observe(len(batch))
+        m.batch_seconds.observe(time.perf_counter() - started)
+        self.last_progress = time.monotonic()
+        self.lag_at_progress = self.lag_now
+
+    async def _bisect(self, parsed: list) -> list:
+        """Apply ``parsed``, splitting it in halves on failure; returns the ((event, faust event),
+        error) pairs that fail alone. Each try reloads the states from the table, so a failed try
+        leaves nothing half-applied behind (writes come only after the batch step succeeded)."""
+        try:
+            await self.apply(parsed)
+            return []
+        except Exception as exc:
+            if len(parsed) == 1:
+                return [(parsed[0], exc)]
+        mid = len(parsed) // 2
+        return await self._bisect(parsed[:mid]) + await self._bisect(parsed[mid:])
+
+    async def apply(self, parsed: list) -> None:
+        """Apply parsed events to their users' profiles: read states, run the batch step, write back."""
+        m = self.metrics
+        last_event_of: dict[str, faust.EventT] = {ev.user_id: event for ev, event in parsed}
         states: dict[str, ProfileState] = {}
         for user_id, event in last_event_of.items():
             with event_context(event):
@@ -207,14 +322,18 @@ class Worker:
         cache = self.model.cache
         hits0, misses0 = cache.hits, cache.misses
         outcome = self.processor.process([ev for ev, _ in parsed], states)
+        # Everything that can fail on one event happens before the first write (a failed try must
+        # leave nothing behind: its retry reloads the states and must not see its events as applied).
+        rows = [(user_id.encode(), state.dumps()) for user_id, state in outcome.profiles.items()]
+        samples = [(sample.user_id, sample.dumps()) for sample in outcome.samples]
         # One table write per touched user per batch, in the context of that user's last event so the
         # changelog record goes to the user's partition and is flushed before the offset commit.
-        for user_id, state in outcome.profiles.items():
+        for key, value in rows:
+            with event_context(last_event_of[key.decode()]):
+                self.profiles[key] = value
+        for user_id, value in samples:
             with event_context(last_event_of[user_id]):
-                self.profiles[user_id.encode()] = state.dumps()
-        for sample in outcome.samples:
-            with event_context(last_event_of[sample.user_id]):
-                await self.samples_topic.send(key=sample.user_id.encode(), value=sample.dumps())
+                await self.samples_topic.send(key=user_id.encode(), value=value)
         m.events_out.labels(contract.SAMPLES).inc(len(outcome.samples))
         now = time.time()
         for ev, event in parsed:
@@ -224,22 +343,23 @@ class Worker:
                 m.importance.labels(kind).observe(w)
         m.duplicate_events.inc(outcome.duplicates)
         m.profiles_updated.inc(len(outcome.profiles))
-        m.batch_size.observe(len(batch))
         m.encode_seconds.observe(outcome.encode_seconds)
         m.encoded_texts.inc(outcome.encoded_texts)
         m.items.set(int(self.model.items.valid.sum()))
         m.cache_lookups.labels("hit").inc(cache.hits - hits0)
         m.cache_lookups.labels("miss").inc(cache.misses - misses0)
-        m.batch_seconds.observe(time.perf_counter() - started)
         cold = sum(1 for st in outcome.profiles.values() if st.n_events <= COLD_START_EVENTS)
         m.cold_start_users.set(cold)
 
     async def dead_letter(self, exc: BadEvent, event) -> None:
+        """Send the event to events.dlq, attached to the event so it is flushed before its offset is
+        committed."""
         msg = event.message
         self.metrics.dlq.labels(exc.reason).inc()
         log.warning("dead-letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-        await self.dlq_topic.send(value=DeadLetter.of(
-            exc, msg.topic, msg.partition, msg.offset, msg.key, msg.value, time.time()).dumps())
+        with event_context(event):
+            await self.dlq_topic.send(value=DeadLetter.of(
+                exc, msg.topic, msg.partition, msg.offset, msg.key, msg.value, time.time()).dumps())
         self.metrics.events_out.labels(contract.DLQ).inc()
 
     # ---------------------------------------------------------------------------------- web
@@ -269,6 +389,19 @@ class Worker:
                 for r in recs
             ],
         })
+
+
+class SystemicFailure(Exception):
+    """The batch step fails for every event of a batch alone: the device or a dependency, not the input."""
+
+
+def internal_error(exc: BaseException) -> BadEvent:
+    """An unexpected error on one event as a DLQ reason: ``internal:<error type>``.
+
+    >>> internal_error(OverflowError("int too large")).reason
+    'internal:OverflowError'
+    """
+    return BadEvent(f"internal:{type(exc).__name__}", str(exc)[:500])
 
 
 @contextlib.contextmanager

@@ -85,7 +85,8 @@ class CatalogReader:
                     model.items.upsert(item.item_id, item.title)
                     self.items_seen += 1
                 else:
-                    c = parse_click(msg.value, msg.key, now=time.time())
+                    c = parse_click(msg.value, msg.key, now=time.time(), min_ts=self.settings.min_event_ts,
+                                    max_future_s=self.settings.max_future_skew_s)
                     clicks.append(ClickEvidence(c.event_id, c.item_id, c.query, c.ts))
             except BadEvent:
                 continue

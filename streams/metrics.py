@@ -37,6 +37,7 @@ class Metrics:
     recommendations: Counter
     recommendation_seconds: Histogram
     consumer_lag: Gauge
+    item_evictions: Counter  # issue 8: the item index's capacity policy
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -80,4 +81,6 @@ class Metrics:
             recommendation_seconds=histogram("recommendation_seconds", "Recommendation request latency.",
                                              LATENCY_BUCKETS),
             consumer_lag=gauge("consumer_lag_messages", "Messages behind the log end, by topic.", ["topic"]),
+            item_evictions=counter("item_evictions_total", "Items evicted from the full item index, by "
+                                   "reason (untitled, titled, refused: a new id not indexed).", ["reason"]),
         )

@@ -79,3 +79,30 @@ def test_adopt_catches_up_rows_changed_after_snapshot(encoder):
     snapshot.refresh(encoder, EmbeddingCache(100))
     assert snapshot.ids == ["a", "b"] and snapshot.valid[:2].tolist() == [True, True]
     assert torch.allclose(snapshot.pop[:2], live.pop[:2])
+
+
+def test_full_index_evicts_untitled_unseen_longest_and_never_raises(encoder):
+    """At capacity: untitled ids seen least recently go first, their query memory and vector with
+    them; a catalog item may replace a titled one only when no untitled is left; an untitled id that
+    cannot get a row is refused, counted, and nothing raises."""
+    cache = EmbeddingCache(100)
+    items = index(encoder, max_items=3)
+    items.upsert("hp", "Wireless headphones")
+    items.observe_clicks([ClickEvidence("e1", "old", "garden hose", 1.0),
+                          ClickEvidence("e2", "recent", "halo 3", 2.0)])
+    items.refresh(encoder, cache)
+    items.observe_clicks([ClickEvidence("e3", "new", "office stapler", 3.0)])
+    assert set(items.row) == {"hp", "recent", "new"} and items.evictions == {"untitled": 1}
+    assert items.query_memory("garden hose") is None  # the evicted item's clicks are forgotten
+    reused = items.row["new"]
+    assert not bool(items.valid[reused])  # no vector of "old" left on its row before the refresh
+    items.refresh(encoder, cache)
+    assert bool(items.valid[reused]) and items.text(reused) == "office stapler"
+
+    items.upsert("kb", "Gaming keyboard")  # evicts "recent", the untitled unseen longest
+    items.upsert("st", "Stapler")  # evicts "new"
+    items.upsert("pan", "Frying pan")  # no untitled left: the titled item unseen longest ("hp") goes
+    assert set(items.row) == {"kb", "st", "pan"}
+    assert items.observe_clicks([ClickEvidence("e4", "unknown", "q", 4.0)]) == 1  # counted, not indexed
+    assert "unknown" not in items.row
+    assert items.evictions == {"untitled": 3, "titled": 1, "refused": 1}
