@@ -55,6 +55,11 @@ class Settings:
     kafka_dir: Path = Path("var/kafka")
     # Data
     shared_data: Path = Path("../shared/data")
+    # Security (issue 12). Secrets stay out of repr(), so a logged Settings never shows them.
+    # HMAC key shared by trainer and workers for model.versions; empty = the public dev key (warned).
+    announce_secret: str = dataclasses.field(default="", repr=False)
+    # When set, GET /users/... needs "Authorization: Bearer <token>" (health and metrics stay open).
+    api_token: str = dataclasses.field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

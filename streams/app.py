@@ -12,6 +12,7 @@ serializer the router would hash ``"u1"`` with quotes and route half the request
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import asyncio
 import time
@@ -87,6 +88,10 @@ class Worker:
             processing_guarantee="at_least_once",
             table_standby_replicas=0,
             autodiscover=False,
+            # Faust's /table/... views serve raw profiles (recent queries) to anyone; /router/ maps
+            # owners. Off (issue 12): recommendations are the only per-user view, behind the API token.
+            web_tables_enabled=False,
+            web_router_enabled=False,
         )
         setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
 
@@ -147,6 +152,10 @@ class Worker:
 
         @app.page("/users/{user_id}/recommendations")
         async def recommendations(web, request, user_id: str):
+            if not self.authorized(request):
+                return web.json({"error": "this API needs the header 'Authorization: Bearer <token>' with the "
+                                          "token set in COLDSTART_API_TOKEN"}, status=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="coldstart"'})
             # The router hashes the key with the producer's partitioner, which needs metadata for the
             # changelog topic; the producer only has it once it wrote there, so fetch it first.
             if not self.ready():
@@ -170,6 +179,14 @@ class Worker:
 
         self.update_profiles = update_profiles
         return app
+
+    def authorized(self, request) -> bool:
+        """True when no API token is configured, or the request carries it as a bearer token."""
+        token = self.settings.api_token
+        if not token:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def ready(self) -> bool:
         """Serving: partitions assigned, table recovered from its changelog, catalog caught up."""

@@ -28,7 +28,7 @@ from coldstart.settings import Settings
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
 from coldstart import contract
-from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample
+from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_uri
 from coldstart.trainer.buffer import SampleBuffer
 from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
@@ -307,7 +307,7 @@ class Trainer:
         return report
 
     async def announce(self, version: str, action: str) -> None:
-        record = announcement(self.registry, version, action)
+        record = announcement(self.registry, version, action, secret=self.settings.announce_secret)
         await self._producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
         log.info("announced %s %s on %s", action, version, contract.MODEL_VERSIONS)
 
@@ -358,6 +358,9 @@ def run_trainer(settings: Settings, *, round_every_s: float = TrainerConfig.roun
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=settings.web_host, registry=registry)
+    if not settings.announce_secret:
+        log.warning("COLDSTART_ANNOUNCE_SECRET is not set: announcements are signed with the public development "
+                    "key, which authenticates nothing; set the same secret on the trainer and every worker")
     trainer = Trainer(settings, cfg, metrics=TrainerMetrics.create(registry))
     asyncio.run(trainer.run(stop))
 
@@ -378,7 +381,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
         manifest = registry.manifest(version)
         out.append({"version": version, "current": version == current, "parent": manifest.get("parent"),
                     "created_ts": manifest.get("created_ts"), "data_window": manifest.get("data_window"),
-                    "metrics": manifest.get("metrics", {}), "uri": registry.version_uri(version)})
+                    "metrics": manifest.get("metrics", {}), "uri": redact_uri(registry.version_uri(version))})
     return out
 
 
@@ -390,7 +393,7 @@ async def _announce_once(settings: Settings, registry: Registry, version: str, a
                                 client_id=f"{settings.app_id}-models")
     try:
         await producer.start()
-        record = announcement(registry, version, action)
+        record = announcement(registry, version, action, secret=settings.announce_secret)
         await producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
     except KafkaError as exc:
         raise KafkaUnavailable(f"CURRENT now names {version}, but the announcement failed: no Kafka broker at "
