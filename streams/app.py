@@ -53,6 +53,8 @@ class Worker:
         self.processor = BatchProcessor(settings, self.model)
         self.recommender = Recommender(settings, self.model)
         self.metrics.model_version_info.labels(self.model.version).set(1)
+        for kind in ("search", "click"):  # a worker that got no event yet still reports 0 (ColdstartNoEvents)
+            self.metrics.events_in.labels(kind)
         self._router_ready = False
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()

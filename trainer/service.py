@@ -130,6 +130,11 @@ class Trainer:
         self.settings = settings
         self.config = config
         self.metrics = metrics or TrainerMetrics.create(CollectorRegistry())
+        for outcome in ("published", "refused", "skipped", "failed"):  # series exist before the first round,
+            self.metrics.rounds.labels(outcome)  # so alert ratios over them are defined (issue 12)
+        for model in ("candidate", "serving"):  # NaN = not evaluated yet (a 0 would read as a bad model)
+            self.metrics.eval_recall.labels(model).set(float("nan"))
+            self.metrics.eval_ndcg.labels(model).set(float("nan"))
         self.buffer = SampleBuffer(settings.buffer_dir, config.buffer_max_bytes, config.buffer_max_age_s)
         self.registry = Registry(settings.registry_uri, keep=config.keep_versions)
         self.encoder = encoder or self._serving_encoder()
