@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -440,14 +442,61 @@ SAMPLE_SCHEMA = pa.schema([
 assert SAMPLE_SCHEMA.names[:-1] == [f.name for f in dataclasses.fields(TrainingSample)]
 
 
+# The key a deployment without COLDSTART_ANNOUNCE_SECRET signs and verifies with. It is public, so it
+# authenticates nothing: it only keeps a local demo and the tests working. Workers and the trainer warn
+# loudly when they run with it; every deploy file sets a real secret.
+DEV_ANNOUNCE_SECRET = "coldstart-dev-only-not-a-secret"
+
+
+def announce_key(secret: str) -> bytes:
+    """The HMAC key for ``model.versions``: the configured secret, or the public development key."""
+    return (secret or DEV_ANNOUNCE_SECRET).encode()
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelAnnouncement:
-    """A model version ready to serve (publish or rollback), on the compacted ``model.versions`` topic."""
+    """A model version ready to serve (publish or rollback), on the compacted ``model.versions`` topic.
+
+    Anyone who can produce to ``model.versions`` could otherwise point every worker at any retained
+    version, so an announcement carries an HMAC-SHA256 over its canonical fields under a secret shared
+    by the trainer and the workers (invariant 11); workers act only on one that verifies.
+
+    >>> a = ModelAnnouncement("v0002", "s3://bucket/registry/versions/v0002", "publish", 1.5e9).signed(b"k")
+    >>> ModelAnnouncement.loads(a.dumps()).verify(b"k")
+    >>> forged = dataclasses.replace(a, version="v0001")
+    >>> forged.verify(b"k")
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: bad_signature: announcement of v0001 does not verify under this worker's COLDSTART_ANNOUNCE_SECRET (forged, or signed with another secret)
+    >>> dataclasses.replace(a, signature="").verify(b"k")
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.BadEvent: unsigned: announcement of v0002 carries no signature; publish with coldstart trainer or coldstart models rollback
+    """
 
     version: str
-    uri: str
+    uri: str  # where the version lives, credentials redacted (see redact_uri)
     action: str  # publish | rollback
     announced_ts: float
+    signature: str = ""  # hex HMAC-SHA256 of canonical_bytes()
+
+    def canonical_bytes(self) -> bytes:
+        """What is signed: every field but the signature, as sorted compact JSON, with a domain tag."""
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "signature"}
+        return b"coldstart.model.versions.v1\n" + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, key: bytes) -> "ModelAnnouncement":
+        return dataclasses.replace(self, signature=hmac.new(key, self.canonical_bytes(), hashlib.sha256).hexdigest())
+
+    def verify(self, key: bytes) -> None:
+        """Return if the signature is this record's under ``key``; ``BadEvent`` (unsigned|bad_signature) else."""
+        if not self.signature:
+            raise BadEvent("unsigned", f"announcement of {self.version} carries no signature; publish with "
+                                       "coldstart trainer or coldstart models rollback")
+        expected = hmac.new(key, self.canonical_bytes(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, self.signature):
+            raise BadEvent("bad_signature", f"announcement of {self.version} does not verify under this worker's "
+                                            "COLDSTART_ANNOUNCE_SECRET (forged, or signed with another secret)")
 
     def dumps(self) -> bytes:
         return _json_bytes(dataclasses.asdict(self))
@@ -459,10 +508,40 @@ class ModelAnnouncement:
             raise BadEvent("bad_field", "ModelAnnouncement version, uri and action must be strings")
         if body["action"] not in ("publish", "rollback"):
             raise BadEvent("bad_field", f"ModelAnnouncement.action {body['action']!r} is not publish|rollback")
+        signature = body.get("signature", "")
+        if not isinstance(signature, str):
+            raise BadEvent("bad_field", "ModelAnnouncement.signature must be a hex string")
         ts = body["announced_ts"]
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not abs(ts) < 1e300:
             raise BadEvent("bad_field", "ModelAnnouncement.announced_ts must be a number")
-        return cls(body["version"], body["uri"], body["action"], float(ts))
+        return cls(body["version"], body["uri"], body["action"], float(ts), signature)
+
+
+_SECRET_PARAM = re.compile(r"key|secret|token|password|passwd|credential|signature|sig\b|session", re.I)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without credentials: user info and secret-looking query values become ``***``.
+
+    A registry URI may carry credentials (pyarrow reads ``s3://KEY:SECRET@bucket/...`` and
+    ``?access_key=...&secret_key=...``); they must never reach announcements, logs or metrics.
+
+    >>> redact_uri("s3://AKIA123:wJalr/xyz@bucket/registry?region=eu-west-1&secret_key=abc&access_key=AKIA123")
+    's3://***@bucket/registry?region=eu-west-1&secret_key=***&access_key=***'
+    >>> redact_uri("/var/lib/coldstart/registry")
+    '/var/lib/coldstart/registry'
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    head, q, query = rest.partition("?")
+    if "@" in head:  # the last @ before the query: a secret may itself hold "/" or "@"
+        head = "***@" + head.rpartition("@")[2]
+    if q:
+        query = "&".join(
+            name + "=***" if eq and _SECRET_PARAM.search(name) else name + eq + value
+            for name, eq, value in (part.partition("=") for part in query.split("&")))
+    return f"{scheme}{sep}{head}{q}{query}"
 
 
 def _utf8(value: str, where: str) -> str:

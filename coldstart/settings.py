@@ -65,6 +65,11 @@ class Settings:
     max_future_skew_s: float = 86_400.0  # events dated further ahead of the wall clock are refused
     stall_after_s: float = 60.0  # /health is 503 when no batch completed this long while lag grows
     advertised_url: str = ""  # the URL other workers proxy to; empty: http://web_host:web_port
+    # Security (issue 12). Secrets stay out of repr(), so a logged Settings never shows them.
+    # HMAC key shared by trainer and workers for model.versions; empty = the public dev key (warned).
+    announce_secret: str = dataclasses.field(default="", repr=False)
+    # When set, GET /users/... needs "Authorization: Bearer <token>" (health and metrics stay open).
+    api_token: str = dataclasses.field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

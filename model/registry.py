@@ -44,6 +44,7 @@ from pyarrow import fs as pafs
 from safetensors.torch import load_file, save_file
 
 from coldstart.errors import ArtifactRefused, ConfigError
+from coldstart.contract import redact_uri
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -105,7 +106,7 @@ class Registry:
             with self.fs.open_input_stream(f"{self._vdir(version)}/{MANIFEST}") as fh:
                 return json.loads(fh.read())
         except FileNotFoundError as exc:
-            raise ArtifactRefused(f"version {version}: no {MANIFEST} in {self.version_uri(version)}") from exc
+            raise ArtifactRefused(f"version {version}: no {MANIFEST} in {redact_uri(self.version_uri(version))}") from exc
         except json.JSONDecodeError as exc:
             raise ArtifactRefused(f"version {version}: {MANIFEST} is not valid JSON ({exc})") from exc
 
@@ -113,7 +114,7 @@ class Registry:
         """Fetch (if remote) and verify a version, CURRENT by default; ArtifactRefused if it does not verify."""
         version = version or self.current()
         if version is None:
-            raise ArtifactRefused(f"the registry at {self.uri} has no current version; publish one first")
+            raise ArtifactRefused(f"the registry at {redact_uri(self.uri)} has no current version; publish one first")
         if not _VERSION.match(version):
             raise ArtifactRefused(f"{version!r} is not a version id (vNNNN)")
         manifest = self.manifest(version)
@@ -178,7 +179,7 @@ class Registry:
     def set_current(self, version: str) -> None:
         """Point CURRENT at an existing, verified version (publish, or rollback)."""
         if version not in self.list_versions():
-            raise ArtifactRefused(f"no version {version!r} in {self.uri} (have {self.list_versions()})")
+            raise ArtifactRefused(f"no version {version!r} in {redact_uri(self.uri)} (have {self.list_versions()})")
         self.load(version)  # never point at something that would be refused
         target = f"{self.root}/{CURRENT}"
         tmp = f"{target}.tmp-{uuid.uuid4().hex}"
@@ -280,7 +281,7 @@ class Registry:
         if self.local:
             path = Path(self._vdir(version))
             if not path.is_dir():
-                raise ArtifactRefused(f"version {version} is not in {self.uri}")
+                raise ArtifactRefused(f"version {version} is not in {redact_uri(self.uri)}")
             return path
         cache = self._cache_dir or Path(tempfile.gettempdir()) / "coldstart-registry"
         dest = cache / version
@@ -290,7 +291,7 @@ class Registry:
             pafs.copy_files(self._vdir(version), str(dest), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
         except (OSError, FileNotFoundError) as exc:
-            raise ArtifactRefused(f"version {version}: cannot fetch from {self.uri} ({exc})") from exc
+            raise ArtifactRefused(f"version {version}: cannot fetch from {redact_uri(self.uri)} ({exc})") from exc
         return dest
 
 

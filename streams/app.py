@@ -12,6 +12,7 @@ serializer the router would hash ``"u1"`` with quotes and route half the request
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import asyncio
 import time
@@ -52,6 +53,8 @@ class Worker:
         self.processor = BatchProcessor(settings, self.model)
         self.recommender = Recommender(settings, self.model)
         self.metrics.model_version_info.labels(self.model.version).set(1)
+        for kind in ("search", "click"):  # a worker that got no event yet still reports 0 (ColdstartNoEvents)
+            self.metrics.events_in.labels(kind)
         self._router_ready = False
         # Liveness of the stream (issue 8): when a batch last completed, the lag seen then, and the
         # error the stream is stuck on (a systemic failure retried with backoff, never acknowledged).
@@ -96,6 +99,10 @@ class Worker:
             processing_guarantee="at_least_once",
             table_standby_replicas=0,
             autodiscover=False,
+            # Faust's /table/... views serve raw profiles (recent queries) to anyone; /router/ maps
+            # owners. Off (issue 12): recommendations are the only per-user view, behind the API token.
+            web_tables_enabled=False,
+            web_router_enabled=False,
         )
         setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
 
@@ -164,6 +171,10 @@ class Worker:
 
         @app.page("/users/{user_id}/recommendations")
         async def recommendations(web, request, user_id: str):
+            if not self.authorized(request):
+                return web.json({"error": "this API needs the header 'Authorization: Bearer <token>' with the "
+                                          "token set in COLDSTART_API_TOKEN"}, status=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="coldstart"'})
             # The router hashes the key with the producer's partitioner, which needs metadata for the
             # changelog topic; the producer only has it once it wrote there, so fetch it first.
             if not self.ready():
@@ -191,6 +202,14 @@ class Worker:
 
         self.update_profiles = update_profiles
         return app
+
+    def authorized(self, request) -> bool:
+        """True when no API token is configured, or the request carries it as a bearer token."""
+        token = self.settings.api_token
+        if not token:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def ready(self) -> bool:
         """Serving: partitions assigned, table recovered from its changelog, catalog caught up."""

@@ -7,6 +7,11 @@ the stream keeps flowing on the old version. The switch itself takes the batch l
 between two batches: it adopts the items that changed since the snapshot, re-encodes only those, and
 swaps the model reference. A version that fails to load or verify is refused and counted, and the old
 one keeps serving.
+
+The control plane is authenticated (invariant 11): an announcement is acted on only when its HMAC
+verifies under ``COLDSTART_ANNOUNCE_SECRET``; an unsigned or forged one, or a replay of an announcement
+older than the one in service, is refused (``coldstart_model_swaps_refused_total{reason=...}``) before
+anything is loaded.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from coldstart.errors import ArtifactRefused
+from coldstart.errors import ArtifactRefused, BadEvent
 from coldstart.settings import Settings
 from coldstart.model.registry import Registry
 from coldstart.model.serving import ServingModel
 from coldstart import contract
 from coldstart.streams.catalog import follow_forever
-from coldstart.contract import ModelAnnouncement
+from coldstart.contract import ModelAnnouncement, announce_key, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,12 @@ class ModelSwapper:
         self.registry = Registry(settings.registry_uri)
         self.caught_up = asyncio.Event()
         self.last_refused: str | None = None
+        self._key = announce_key(settings.announce_secret)
+        self._applied_ts = float("-inf")  # announced_ts of the announcement in service
+        if not settings.announce_secret:
+            log.warning("COLDSTART_ANNOUNCE_SECRET is not set: model announcements are checked against the "
+                        "public development key, so anyone who can write to model.versions can switch "
+                        "this worker's model; set the same secret on the trainer and every worker")
 
     async def run(self) -> None:
         """Follow the compacted topic forever; on start, apply only the latest announcement."""
@@ -60,18 +71,35 @@ class ModelSwapper:
                     except Exception as exc:  # a foreign or corrupt record
                         self._refuse("bad_announcement", f"{exc}")
                     else:
-                        await self.apply(announcement)
+                        await self.apply_verified(announcement)
                 if not self.caught_up.is_set() and await consumer.position(tp) >= end:
                     self.caught_up.set()
         finally:
             await consumer.stop()
 
+    async def apply_verified(self, announcement: ModelAnnouncement) -> bool:
+        """Apply ``announcement`` only if it is signed with our secret and newer than the one in service."""
+        try:
+            announcement.verify(self._key)
+        except BadEvent as exc:
+            self._refuse(exc.reason, str(exc))
+            return False
+        if announcement.announced_ts < self._applied_ts:  # an old signed record produced again
+            self._refuse("replayed", f"announcement of {announcement.version} at {announcement.announced_ts} "
+                                     f"is older than the one in service ({self._applied_ts})")
+            return False
+        applied = await self.apply(announcement)
+        if applied or announcement.version == self.worker.model.version:
+            self._applied_ts = announcement.announced_ts
+        return applied
+
     async def apply(self, announcement: ModelAnnouncement) -> bool:
+        """Load, verify and switch to ``announcement.version`` (its signature already checked)."""
         worker = self.worker
         if announcement.version == worker.model.version:
             return False
-        log.info("model %s announced (%s): loading off the event loop", announcement.version,
-                 announcement.action)
+        log.info("model %s announced (%s, %s): loading off the event loop", announcement.version,
+                 announcement.action, redact_uri(announcement.uri))
         snapshot = worker.model.items.copy_metadata()
         revision = snapshot.revision
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import torch
 
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import LoadedVersion, Registry
-from coldstart.contract import ANNOUNCE_KEY, ModelAnnouncement
+from coldstart.contract import ANNOUNCE_KEY, ModelAnnouncement, announce_key, redact_uri
 from coldstart.trainer.rounds import encode_texts
 
 
@@ -44,9 +44,14 @@ def load_encoder(registry: Registry, version: str | None = None, device: str = "
 
 
 def announcement(registry: Registry, version: str, action: str = "publish",
-                 now: float | None = None) -> ModelAnnouncement:
-    """The record workers read from ``model.versions`` (key :data:`ANNOUNCE_KEY`)."""
+                 now: float | None = None, *, secret: str = "") -> ModelAnnouncement:
+    """The signed record workers read from ``model.versions`` (key :data:`ANNOUNCE_KEY`).
+
+    ``secret`` is ``COLDSTART_ANNOUNCE_SECRET`` (empty: the public development key). The URI is
+    redacted: a registry URI with credentials must not be copied to every reader of the topic.
+    """
     if action not in ("publish", "rollback"):
         raise ValueError(f"action must be publish or rollback, got {action!r}")
-    return ModelAnnouncement(version=version, uri=registry.version_uri(version), action=action,
-                             announced_ts=time.time() if now is None else now)
+    record = ModelAnnouncement(version=version, uri=redact_uri(registry.version_uri(version)), action=action,
+                               announced_ts=time.time() if now is None else now)
+    return record.signed(announce_key(secret))

@@ -28,7 +28,7 @@ from coldstart.settings import Settings
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
 from coldstart import contract
-from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample
+from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_uri
 from coldstart.trainer.buffer import SampleBuffer
 from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
@@ -135,6 +135,11 @@ class Trainer:
         self.settings = settings
         self.config = config
         self.metrics = metrics or TrainerMetrics.create(CollectorRegistry())
+        for outcome in ("published", "refused", "skipped", "failed"):  # series exist before the first round,
+            self.metrics.rounds.labels(outcome)  # so alert ratios over them are defined (issue 12)
+        for model in ("candidate", "serving"):  # NaN = not evaluated yet (a 0 would read as a bad model)
+            self.metrics.eval_recall.labels(model).set(float("nan"))
+            self.metrics.eval_ndcg.labels(model).set(float("nan"))
         self.buffer = SampleBuffer(settings.buffer_dir, config.buffer_max_bytes, config.buffer_max_age_s)
         self.registry = Registry(settings.registry_uri, keep=config.keep_versions)
         self.encoder = encoder or self._serving_encoder()
@@ -312,7 +317,7 @@ class Trainer:
         return report
 
     async def announce(self, version: str, action: str) -> None:
-        record = announcement(self.registry, version, action)
+        record = announcement(self.registry, version, action, secret=self.settings.announce_secret)
         await self._producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
         log.info("announced %s %s on %s", action, version, contract.MODEL_VERSIONS)
 
@@ -363,6 +368,9 @@ def run_trainer(settings: Settings, *, round_every_s: float = TrainerConfig.roun
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=settings.web_host, registry=registry)
+    if not settings.announce_secret:
+        log.warning("COLDSTART_ANNOUNCE_SECRET is not set: announcements are signed with the public development "
+                    "key, which authenticates nothing; set the same secret on the trainer and every worker")
     trainer = Trainer(settings, cfg, metrics=TrainerMetrics.create(registry))
     asyncio.run(trainer.run(stop))
 
@@ -383,7 +391,7 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
         manifest = registry.manifest(version)
         out.append({"version": version, "current": version == current, "parent": manifest.get("parent"),
                     "created_ts": manifest.get("created_ts"), "data_window": manifest.get("data_window"),
-                    "metrics": manifest.get("metrics", {}), "uri": registry.version_uri(version)})
+                    "metrics": manifest.get("metrics", {}), "uri": redact_uri(registry.version_uri(version))})
     return out
 
 
@@ -395,7 +403,7 @@ async def _announce_once(settings: Settings, registry: Registry, version: str, a
                                 client_id=f"{settings.app_id}-models")
     try:
         await producer.start()
-        record = announcement(registry, version, action)
+        record = announcement(registry, version, action, secret=settings.announce_secret)
         await producer.send_and_wait(contract.MODEL_VERSIONS, value=record.dumps(), key=ANNOUNCE_KEY)
     except KafkaError as exc:
         raise KafkaUnavailable(f"CURRENT now names {version}, but the announcement failed: no Kafka broker at "
