@@ -30,7 +30,8 @@ from coldstart.model.serving import ServingModel
 from coldstart import contract
 from coldstart.streams.catalog import CatalogReader
 from coldstart.streams.metrics import Metrics
-from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor, Recommender
+from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
+from coldstart.streams.recommender import Recommender
 from coldstart.contract import PARSERS, DeadLetter, parse_item
 from coldstart.streams.state import ProfileState
 from coldstart.streams.swap import ModelSwapper
@@ -52,6 +53,7 @@ class Worker:
             max_queries=settings.item_queries)
         self.processor = BatchProcessor(settings, self.model)
         self.recommender = Recommender(settings, self.model)
+        self.processor.click_hook = self.recommender.learn_clicks  # issue 9: ranker + stream statistics
         self.metrics.model_version_info.labels(self.model.version).set(1)
         for kind in ("search", "click"):  # a worker that got no event yet still reports 0 (ColdstartNoEvents)
             self.metrics.events_in.labels(kind)

@@ -83,11 +83,14 @@ class CatalogReader:
                 if msg.topic == contract.CATALOG:
                     item = parse_item(msg.value, msg.key)
                     model.items.upsert(item.item_id, item.title)
+                    self.worker.recommender.stats.note_item(item.item_id, item.ts)
                     self.items_seen += 1
                 else:
                     c = parse_click(msg.value, msg.key, now=time.time(), min_ts=self.settings.min_event_ts,
                                     max_future_s=self.settings.max_future_skew_s)
                     clicks.append(ClickEvidence(c.event_id, c.item_id, c.query, c.ts))
+                    # Every partition's clicks: transitions, co-clicks, query memory, popularity.
+                    self.worker.recommender.stats.observe(c.event_id, c.user_id, c.item_id, c.ts, query=c.query)
             except BadEvent:
                 continue
         self.clicks_seen += model.items.observe_clicks(clicks)

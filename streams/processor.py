@@ -1,8 +1,8 @@
 """The batch path, free of Kafka and Faust: decode -> encode -> score -> profile update -> retrieval.
 
 Agents hand a batch of parsed events and the current profile states to :class:`BatchProcessor` and
-write back what it returns; the web view asks :class:`Recommender`. Both use the model version in
-service (``ServingModel``), so every vector in one call comes from one vector space. The same code is
+write back what it returns; the web view asks ``coldstart.streams.recommender.Recommender``. Both
+use the model version in service (``ServingModel``), so every vector in one call comes from one vector space. The same code is
 what the GPU benchmark feeds in-process.
 """
 
@@ -18,14 +18,12 @@ import torch
 from coldstart.settings import Settings
 from coldstart.model.importance import catalog_loss, importance_weight, plausibility, search_importance
 from coldstart.model.items import ClickEvidence
-from coldstart.model.profile import popularity_blend, profile_vectors, recency_weights, top_contributors
-from coldstart.model.retrieval import score_items, top_k
+from coldstart.model.profile import profile_vectors, recency_weights
 from coldstart.model.serving import ServingModel
 from coldstart.contract import ClickEvent, SearchEvent, TrainingSample, UserEvent
 from coldstart.streams.state import ProfileState, RecentEvent
 
 COLD_START_EVENTS = 5
-QUERY_MEMORY_WEIGHT = 1.0  # a full popularity-or-similarity unit: past clicks on this query dominate
 
 
 @dataclasses.dataclass
@@ -43,6 +41,9 @@ class BatchProcessor:
     def __init__(self, settings: Settings, model: ServingModel) -> None:
         self.settings = settings
         self.model = model
+        # Issue 9: called with each batch's fresh events before they are applied (the recommender's
+        # prequential ranker step and stream statistics); None in callers that only need profiles.
+        self.click_hook = None
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -61,6 +62,9 @@ class BatchProcessor:
                 continue
             batch_ids.add(ev.event_id)
             fresh.append(ev)
+
+        if self.click_hook is not None:
+            self.click_hook(fresh, profiles)
 
         # 2. Item evidence from clicks (idempotent too), then vectors for the items whose text changed.
         t0 = time.perf_counter()
@@ -254,70 +258,3 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
 def profile_matrix(model: ServingModel, states: Sequence[ProfileState], half_life_s: float) -> torch.Tensor:
     vecs, weights, owner, _ = event_vectors(model, states, half_life_s)
     return profile_vectors(vecs, weights, owner, len(states))
-
-
-@dataclasses.dataclass(frozen=True)
-class Recommendation:
-    item_id: str
-    score: float
-    text: str
-    because: list[dict]  # the user's events that contributed most: {event_id, kind, text|item_id, share}
-
-
-class Recommender:
-    def __init__(self, settings: Settings, model: ServingModel) -> None:
-        self.settings = settings
-        self.model = model
-
-    def swap(self, model: ServingModel) -> None:
-        self.model = model
-
-    def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:
-        model = self.model
-        item_vecs, item_valid = model.items.matrix()
-        n = item_vecs.shape[0]
-        if n == 0:
-            return []
-        dev = model.device
-        n_events = state.n_events if state else 0
-        if state is not None and state.events:
-            # A profile made by another version is recomputed from its recent events, never mixed.
-            if state.vector is not None and state.version == model.version:
-                profile = torch.from_numpy(state.vector).to(dev)[None]
-            else:
-                profile = profile_matrix(model, [state], self.settings.half_life_s)
-        else:
-            profile = torch.zeros(1, model.encoder.dim, device=dev)
-            n_events = 0
-        pop_w = popularity_blend(torch.tensor([float(n_events)], device=dev))
-        scores = score_items(profile, item_vecs, model.items.popularity(), pop_w)
-        # Query->click memory: when the user's newest event is a search, the items other users clicked
-        # after that same query are the strongest evidence there is (search -> click).
-        if state is not None and state.events and state.events[-1].kind == "search" and state.events[-1].text:
-            memory = model.items.query_memory(state.events[-1].text)
-            if memory is not None:
-                scores = scores + QUERY_MEMORY_WEIGHT * memory[None]
-        exclude = ~item_valid[None].clone()
-        if exclude_clicked and state is not None:
-            rows = model.items.rows_of(state.clicked_items())
-            if rows:
-                exclude[0, rows] = True
-        # Items without a vector have no place in the profile space; keep them out entirely.
-        n_ok = int((~exclude).sum())
-        if n_ok == 0:
-            return []
-        vals, idx = top_k(scores, min(k, n_ok), exclude)
-        explain = None
-        if state is not None and state.events:
-            explain = event_vectors(model, [state], self.settings.half_life_s)
-        out = []
-        for score, row in zip(vals[0].tolist(), idx[0].tolist()):
-            because = []
-            if explain is not None and explain[0].shape[0]:
-                vecs, weights, _, slots = explain
-                for j, share in top_contributors(vecs, weights, item_vecs[row], k=2):
-                    ev = state.events[slots[j][1]]
-                    because.append({"event_id": ev.event_id, "kind": ev.kind,
-                                    "text": ev.text, "item_id": ev.item_id, "share": round(share, 3)})
-            out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
-        return out

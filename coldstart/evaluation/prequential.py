@@ -21,6 +21,7 @@ same topics neither leak in nor count as recommendations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -175,6 +176,58 @@ def importance_histogram(metrics_text: str) -> dict[str, dict[str, float]]:
 
 
 # ---------------------------------------------------------------------------------- the runner
+class DeadLetterWatch:
+    """Follows ``events.dlq`` from its end while a run replays: the event ids the worker rejected (so
+    the runner stops waiting for them) and the count per reason (so it fails fast with the reason)."""
+
+    def __init__(self, bootstrap: str, namespace: str = "") -> None:
+        self.bootstrap = bootstrap
+        self.ns = namespace
+        self.by_reason: dict[str, int] = {}
+        self.event_ids: dict[str, set[str]] = defaultdict(set)  # user -> rejected event ids
+        self._task: asyncio.Task | None = None
+        self._consumer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        from coldstart import contract
+        from coldstart.streams.catalog import assign_all_partitions
+
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                          enable_auto_commit=False, auto_offset_reset="latest")
+        await self._consumer.start()
+        tps = await assign_all_partitions(self._consumer, (contract.DLQ,))
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end now: letters written from here on are this run's
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        from coldstart.contract import DeadLetter
+
+        async for msg in self._consumer:
+            letter = DeadLetter.loads(msg.value)
+            try:
+                body = json.loads(letter.original())
+            except ValueError:
+                body = {}
+            event_id = str(body.get("event_id")) if isinstance(body, dict) else "None"
+            user = letter.key or ""
+            if self.ns and not user.startswith(self.ns):
+                continue
+            self.by_reason[letter.reason] = self.by_reason.get(letter.reason, 0) + 1
+            self.event_ids[user[len(self.ns):]].add(event_id)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
 async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], *,
                    bootstrap: str, worker_url: str, namespace: str = "", k: int = 10,
                    exclude_clicked: bool = False, progress: bool = False) -> TaskRun:
@@ -202,6 +255,8 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
     items: set[str] = set()
     items_dirty = False
     base_items = ((await live.health()) or {}).get("items", 0) if namespace else 0
+    dead = DeadLetterWatch(bootstrap, namespace)
+    await dead.start()
 
     async def send(index: int) -> None:
         event = stream[index]
@@ -233,9 +288,9 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                         log.warning("the worker's item index did not catch up within %.0f s", live.timeout_s)
                     items_dirty = False
                 await send_ahead(index)
-                expected = len(applied[user])
                 query = pending_query.get(user) if TASKS[task] else None
-                ranking, _, stale = await live.rank_when_ready(user, expected)
+                ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
+                expected = len(applied[user])
                 run.stale += stale
                 common = dict(task=task, click=run.clicks, event_id=str(event.value.get("event_id")),
                               user=user, ts=event.ts, prior=expected,
@@ -270,9 +325,99 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
         except aiohttp.ClientError as exc:
             log.warning("could not read the worker's /metrics: %s", exc)
     finally:
+        await dead.stop()
         await session.close()
         await producer.stop()
     return run
+
+
+async def _rank_live(live: LiveClient, dead: DeadLetterWatch, user: str, applied: dict[str, set[str]],
+                     n_sent: int) -> tuple[list[str], bool]:
+    """Rank once the worker applied the user's events, less the ones it dead-lettered; fail fast
+    (with the reasons) when it rejects most of the replay instead of timing out click after click."""
+    timeout = live.timeout_s
+    live.timeout_s = 1.0  # short polls, so rejected events are noticed within a second
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            check_dead_letters(dead.by_reason, n_sent)
+            expected = len(applied[user] - dead.event_ids.get(user, set()))
+            try:
+                ranking, _, stale = await live.rank_when_ready(user, expected)
+            except ColdstartError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            if not stale or time.monotonic() > deadline:
+                return ranking, stale
+    finally:
+        live.timeout_s = timeout
+
+
+def run_task_in_process(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], pipeline, *,
+                        k: int = 10, exclude_clicked: bool = False, progress: bool = False) -> TaskRun:
+    """The prequential loop of :func:`run_task` with the worker's code objects in-process
+    (:class:`~coldstart.evaluation.inprocess.InProcessPipeline`): same order, same records."""
+    run = TaskRun(task)
+    started = time.monotonic()
+    sent: dict[str, int] = defaultdict(int)  # user -> events replayed (what the worker would count)
+    clicked: dict[str, list[str]] = defaultdict(list)
+    pending_query: dict[str, str] = {}
+    items: set[str] = set()
+    pipeline.exclude_clicked = exclude_clicked
+    for index, event in enumerate(stream):
+        user = event.key
+        if event.type == "click" and event.value.get("item_id") is not None:
+            item = str(event.value["item_id"])
+            expected = sent[user]
+            query = pending_query.get(user) if TASKS[task] else None
+            ranking = pipeline.rank(user, query, k)
+            stale = pipeline.n_events(user) < expected
+            run.stale += stale
+            check_dead_letters(pipeline.dead_letters, sum(sent.values()))
+            common = dict(task=task, click=run.clicks, event_id=str(event.value.get("event_id")),
+                          user=user, ts=event.ts, prior=expected, prior_clicks=len(clicked[user]), query=query)
+            run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
+            skip = set(clicked[user]) if exclude_clicked else set()
+            for b in baselines:
+                ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
+                run.rankings.append(_ranked(b.name, ranked, item, **common))
+            run.clicks += 1
+            clicked[user].append(item)
+            pending_query.pop(user, None)
+            items.add(item)
+        pipeline.learn_one(event)
+        if event.type == "item":
+            items.add(event.key)
+        else:
+            sent[user] += 1
+            if event.type == "search" and event.value.get("query"):
+                pending_query[user] = str(event.value["query"])
+        for b in baselines:
+            b.learn_one(event)
+        run.events += 1
+        if progress and run.clicks and index % 500 == 0:
+            log.info("%s: %d/%d events, %d clicks ranked (in-process)", task, index, len(stream), run.clicks)
+    run.seconds = time.monotonic() - started
+    run.catalog = len(items)
+    return run
+
+
+def check_dead_letters(dead: dict[str, int], sent: int, *, min_sent: int = 20, max_share: float = 0.5) -> None:
+    """Fail fast when the worker rejects most of what is replayed: waiting for events that went to the
+    DLQ would cost the full timeout per click (hours for a run) and measure nothing.
+
+    >>> check_dead_letters({"missing_field": 3}, sent=100)
+    >>> check_dead_letters({"bad_ts": 30}, sent=40)
+    Traceback (most recent call last):
+    ...
+    coldstart.errors.ColdstartError: the worker dead-lettered 30 of 40 replayed events (bad_ts: 30); fix the replay (see events.dlq for each record's reason)
+    """
+    total = sum(dead.values())
+    if sent >= min_sent and total > max_share * sent:
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dead.items(), key=lambda kv: -kv[1]))
+        raise ColdstartError(f"the worker dead-lettered {total} of {sent} replayed events ({reasons}); "
+                             "fix the replay (see events.dlq for each record's reason)")
 
 
 def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = False, **common) -> Ranking:
@@ -398,6 +543,7 @@ class EvalConfig:
     n_boot: int = 1000
     device: str = "cpu"  # for the in-process zero-shot baselines
     seed: int = 7
+    in_process: bool = False  # drive the worker's code objects without a broker (fast iteration)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -423,6 +569,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         baselines = default_baselines(vectors, with_queries=TASKS[task] and has_search)
         shared = cfg.bootstrap is not None
         namespace = f"ev{uuid.uuid4().hex[:6]}~" if shared else ""
+        if cfg.in_process:
+            from coldstart.evaluation.inprocess import InProcessPipeline
+            from coldstart.settings import Settings
+
+            pipeline = InProcessPipeline(Settings.from_env(device=cfg.device))
+            runs.append(run_task_in_process(stream, task, baselines, pipeline, k=cfg.k,
+                                            exclude_clicked=cfg.exclude_clicked, progress=True))
+            continue
         if cfg.worker_url:
             runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=cfg.bootstrap,
                                              worker_url=cfg.worker_url, namespace=namespace, k=cfg.k,
@@ -437,7 +591,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.n_boot,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
-        "worker": cfg.worker_url or "started by the runner",
+        "worker": "in-process (no broker)" if cfg.in_process else (cfg.worker_url or "started by the runner"),
         "broker": cfg.bootstrap or "a local broker per task, started by the runner",
         "encoder_device": cfg.device if cfg.zero_shot else None,
     }
@@ -447,4 +601,5 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 __all__ = ["EvalConfig", "LIVE", "LiveClient", "LocalStack", "Ranking", "TASKS", "TaskRun", "evaluate",
-           "importance_histogram", "load_events", "namespaced", "run_task", "task_stream", "write_rankings"]
+           "check_dead_letters", "importance_histogram", "load_events", "namespaced", "run_task",
+           "run_task_in_process", "task_stream", "write_rankings"]

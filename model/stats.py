@@ -1,0 +1,167 @@
+"""Stream statistics every worker keeps about items, learned from the click stream (issue 9).
+
+Fed with every click of every partition (the catalog reader reads them all from the start of
+retention, so the statistics are rebuilt from the topic after a restart), idempotent by event id and
+bounded in every dimension:
+
+- ``transitions``: item A -> the item the same user clicked next (at most ``max_neighbours`` per item);
+- ``coclicks``: items clicked by the same user within their last ``coclick_window`` clicks;
+- ``query_clicks``: normalised query -> clicked items;
+- decayed popularity (event time, half-life ``popularity_half_life_s``) and each item's first-seen time.
+
+Each click's increments are remembered (bounded) so that :meth:`StreamStats.excluding` can take one
+click out while the learned ranker looks at it: the all-partition reader may have counted a click
+before the batch path learns from it, and a click must never be evidence for itself.
+
+>>> s = StreamStats()
+>>> for eid, user, item, ts in [("e1", "u1", "a", 1.0), ("e2", "u1", "b", 2.0), ("e3", "u2", "a", 3.0),
+...                             ("e3", "u2", "a", 3.0)]:
+...     _ = s.observe(eid, user, item, ts, query="halo")
+>>> s.transitions["a"], s.query_clicks["halo"]
+({'b': 1.0}, {'a': 2.0, 'b': 1.0})
+>>> with s.excluding("e2"):
+...     s.neighbours(s.transitions, "a")
+{}
+>>> s.transitions["a"]
+{'b': 1.0}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+
+__all__ = ["StreamStats"]
+
+
+class StreamStats:
+    def __init__(self, *, max_users: int = 200_000, max_items: int = 1_000_000, max_neighbours: int = 64,
+                 max_queries: int = 200_000, coclick_window: int = 5, popularity_half_life_s: float = 3 * 86_400.0,
+                 seen_clicks: int = 200_000) -> None:
+        self.max_users = max_users
+        self.max_items = max_items
+        self.max_neighbours = max_neighbours
+        self.max_queries = max_queries
+        self.coclick_window = coclick_window
+        self.half_life_s = popularity_half_life_s
+        self.transitions: dict[str, dict[str, float]] = {}
+        self.coclicks: dict[str, dict[str, float]] = {}
+        self.query_clicks: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self.first_seen: dict[str, float] = {}
+        # Popularity as sum of 2 ** ((ts - origin) / half_life): adding and removing one click are exact;
+        # the origin moves forward when the exponents grow large (see _rebase).
+        self.pop: dict[str, float] = {}
+        self.pop_origin: float | None = None
+        self.newest_ts = 0.0
+        self.user_recent: OrderedDict[str, list[str]] = OrderedDict()  # user -> last clicked items
+        self._undo: OrderedDict[str, list[tuple[dict, str, float]]] = OrderedDict()
+        self._seen_cap = seen_clicks
+        self.clicks = 0
+
+    # ------------------------------------------------------------------------------ updates
+    def observe(self, event_id: str, user_id: str, item_id: str, ts: float, query: str | None = None) -> bool:
+        """Count one click; False (and no change) when its event id was already counted."""
+        if event_id in self._undo:
+            return False
+        undo: list[tuple[dict, str, float]] = []
+        self.clicks += 1
+        self.newest_ts = max(self.newest_ts, ts)
+        self.first_seen.setdefault(item_id, ts)
+        recent = self.user_recent.pop(user_id, [])
+        if recent:
+            self._add(self._row(self.transitions, recent[-1]), item_id, 1.0, undo)
+            for other in recent[-self.coclick_window:]:
+                if other != item_id:
+                    self._add(self._row(self.coclicks, other), item_id, 1.0, undo)
+                    self._add(self._row(self.coclicks, item_id), other, 1.0, undo)
+        recent = (recent + [item_id])[-self.coclick_window:]
+        self.user_recent[user_id] = recent
+        if len(self.user_recent) > self.max_users:
+            self.user_recent.popitem(last=False)
+        if query:
+            row = self.query_clicks.pop(query, None) or {}
+            self.query_clicks[query] = row
+            if len(self.query_clicks) > self.max_queries:
+                self.query_clicks.popitem(last=False)
+            self._add(row, item_id, 1.0, undo)
+        if self.pop_origin is None:
+            self.pop_origin = ts
+        self._add(self.pop, item_id, 2.0 ** ((ts - self.pop_origin) / self.half_life_s), undo)
+        if (self.newest_ts - self.pop_origin) / self.half_life_s > 500:
+            self._rebase()
+        self._undo[event_id] = undo
+        while len(self._undo) > self._seen_cap:
+            self._undo.popitem(last=False)
+        return True
+
+    def note_item(self, item_id: str, ts: float | None) -> None:
+        """A catalog item's announcement time: newness counts from it when it precedes any click."""
+        if ts is not None and (item_id not in self.first_seen or ts < self.first_seen[item_id]):
+            self.first_seen[item_id] = ts
+
+    @contextlib.contextmanager
+    def excluding(self, event_id: str) -> Iterator[None]:
+        """Read the statistics as if the click ``event_id`` had not been counted yet."""
+        undo = self._undo.get(event_id, [])
+        for table, key, delta in undo:
+            table[key] = table.get(key, 0.0) - delta
+        try:
+            yield
+        finally:
+            for table, key, delta in undo:
+                table[key] = table.get(key, 0.0) + delta
+
+    # ------------------------------------------------------------------------------ reads
+    def popularity(self, item_id: str, now: float) -> float:
+        """Decayed click count of ``item_id`` at event time ``now``."""
+        if self.pop_origin is None:
+            return 0.0
+        return self.pop.get(item_id, 0.0) * 2.0 ** ((self.pop_origin - now) / self.half_life_s)
+
+    def neighbours(self, table: dict[str, dict[str, float]], item_id: str) -> dict[str, float]:
+        return {k: v for k, v in table.get(item_id, {}).items() if v > 0.0}
+
+    def query_items(self, query: str) -> dict[str, float]:
+        return {k: v for k, v in self.query_clicks.get(query, {}).items() if v > 0.0}
+
+    # ------------------------------------------------------------------------------ internals
+    def _row(self, table: dict[str, dict[str, float]], key: str) -> dict[str, float]:
+        row = table.get(key)
+        if row is None:
+            row = table[key] = {}
+            if len(table) > self.max_items:
+                table.pop(next(iter(table)))  # bounded: the oldest source item goes
+        return row
+
+    def _add(self, row: dict[str, float], key: str, delta: float, undo: list) -> None:
+        if key not in row and row is not self.pop and len(row) >= self.max_neighbours:
+            # Bounded: a new neighbour replaces the weakest one (its undo entries just stop mattering).
+            weakest = min(row, key=row.__getitem__)
+            del row[weakest]
+        row[key] = row.get(key, 0.0) + delta
+        undo.append((row, key, delta))
+
+    def _rebase(self) -> None:
+        shift = 2.0 ** ((self.pop_origin - self.newest_ts) / self.half_life_s)
+        for k in self.pop:
+            self.pop[k] *= shift
+        # Remembered increments are in the old scale; rescale them too so exclusion stays exact.
+        for undo in self._undo.values():
+            for i, (table, key, delta) in enumerate(undo):
+                if table is self.pop:
+                    undo[i] = (table, key, delta * shift)
+        self.pop_origin = self.newest_ts
+
+
+def log_norm(counts: dict[str, float]) -> dict[str, float]:
+    """``log1p(count) / log1p(max count)`` per key, in [0, 1].
+
+    >>> log_norm({"a": 3.0, "b": 1.0})
+    {'a': 1.0, 'b': 0.5}
+    """
+    if not counts:
+        return {}
+    top = math.log1p(max(counts.values()))
+    return {k: (math.log1p(v) / top if top > 0 else 0.0) for k, v in counts.items()}

@@ -1,0 +1,211 @@
+"""Serving recommendations: every catalog item scored by the learned ranker over semantic signals and
+stream statistics, with an explanation that names the signal (issue 9).
+
+Candidates are every item with a vector in the serving version (a superset of the union of cosine
+top-N, neighbours of the user's last items, query memory and popular items: scoring them all is one
+matrix product at the catalog sizes this serves). The ranker (:mod:`coldstart.model.ranker`) starts
+from today's fixed blend and learns from each click before it is applied (:meth:`Recommender.learn_clicks`,
+called from the batch path), so the same features serve and learn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from coldstart.contract import ClickEvent, UserEvent
+from coldstart.model.profile import popularity_blend, top_contributors
+from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
+from coldstart.model.retrieval import popularity_scores, top_k
+from coldstart.model.serving import ServingModel
+from coldstart.model.stats import StreamStats, log_norm
+from coldstart.settings import Settings
+from coldstart.streams.state import ProfileState
+
+# Signals grouped by what an explanation says about them.
+PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos"}
+QUERY_SIGNALS = {"query_memory", "query_cos"}
+POPULAR_SIGNALS = {"popularity_blend", "popularity", "popularity_x_logn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float
+    text: str
+    because: list[dict]  # {kind, signal, reason, event_id?, text?, item_id?, share}: the signal that won
+
+
+@dataclasses.dataclass
+class Signals:
+    features: torch.Tensor  # [n_items, len(FEATURES)]
+    valid: torch.Tensor  # [n_items] bool: items with a vector in this version
+    query: str | None
+    last_item: str | None
+
+
+class Recommender:
+    def __init__(self, settings: Settings, model: ServingModel, stats: StreamStats | None = None,
+                 ranker: LinearRanker | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.stats = stats or StreamStats(popularity_half_life_s=model.items.half_life_s)
+        self.ranker = ranker or LinearRanker()
+
+    def swap(self, model: ServingModel) -> None:
+        self.model = model
+
+    # ------------------------------------------------------------------------------ features
+    def signals(self, state: ProfileState | None) -> Signals:
+        from coldstart.streams.processor import profile_matrix
+
+        model, stats = self.model, self.stats
+        items = model.items
+        item_vecs, item_valid = items.matrix()
+        n = item_vecs.shape[0]
+        dev = model.device
+        events = state.events if state is not None else []
+        n_events = state.n_events if state is not None and events else 0
+        sig: dict[str, torch.Tensor] = {}
+        query = last_item = None
+        if events:
+            if state.vector is not None and state.version == model.version:
+                profile = torch.from_numpy(state.vector).to(dev)[None]
+            else:
+                profile = profile_matrix(model, [state], self.settings.half_life_s)
+            sig["profile_cos"] = (profile @ item_vecs.T)[0]
+            last = events[-1]
+            row = items.row.get(last.item_id) if last.item_id else None
+            if row is not None and bool(item_valid[row]):
+                last_vec = item_vecs[row]
+            elif last.text:
+                last_vec = model.cache.encode(model.encoder, [last.text])[0]
+            else:
+                last_vec = None
+            if last_vec is not None:
+                sig["last_cos"] = item_vecs @ last_vec
+            if last.kind == "search" and last.text:
+                query = last.text
+                sig["query_cos"] = item_vecs @ model.cache.encode(model.encoder, [query])[0]
+                sig["query_memory"] = self._dense(log_norm(stats.query_items(query)), n)
+            clicked = state.clicked_items()
+            if clicked:
+                last_item = clicked[-1]
+                sig["transition"] = self._dense(log_norm(stats.neighbours(stats.transitions, last_item)), n)
+                co: dict[str, float] = {}
+                for item in clicked[-stats.coclick_window:]:
+                    for k, v in log_norm(stats.neighbours(stats.coclicks, item)).items():
+                        co[k] = co.get(k, 0.0) + v
+                sig["coclick"] = self._dense(co, n) / min(len(clicked), stats.coclick_window)
+        now = max((e.ts for e in events), default=stats.newest_ts)
+        pop = torch.zeros(n, device=dev)
+        newness = torch.zeros(n, device=dev)
+        if stats.pop_origin is not None:
+            scale = 2.0 ** ((stats.pop_origin - now) / stats.half_life_s)
+            for item, v in stats.pop.items():
+                r = items.row.get(item)
+                if r is not None and v > 0:
+                    pop[r] = v * scale
+        for item, first in stats.first_seen.items():
+            r = items.row.get(item)
+            if r is not None:
+                newness[r] = 0.5 ** (max(now - first, 0.0) / stats.half_life_s)
+        sig["popularity"] = popularity_scores(pop)
+        sig["newness"] = newness
+        a = float(popularity_blend(torch.tensor([float(n_events)]))[0])
+        return Signals(feature_matrix(sig, n_events, a), item_valid, query, last_item)
+
+    def _dense(self, values: dict[str, float], n: int) -> torch.Tensor:
+        out = torch.zeros(n, device=self.model.device)
+        pairs = [(self.model.items.row[k], v) for k, v in values.items() if k in self.model.items.row]
+        if pairs:
+            rows, vals = zip(*pairs)
+            out[list(rows)] = torch.tensor(vals, device=self.model.device)
+        return out
+
+    # ------------------------------------------------------------------------------ learning
+    def learn_clicks(self, events: Sequence[UserEvent], profiles: dict[str, ProfileState]) -> None:
+        """Prequential: each click teaches the ranker with the user's state and the statistics as
+        they were before it (its own count taken out), then joins the statistics."""
+        items = self.model.items
+        for ev in events:
+            if not isinstance(ev, ClickEvent):
+                continue
+            row = items.row.get(ev.item_id)
+            if row is not None and bool(items.valid[row]):
+                with self.stats.excluding(ev.event_id):
+                    sig = self.signals(profiles.get(ev.user_id))
+                if bool(sig.valid[row]):
+                    self.ranker.learn_one(sig.features, row, mask=sig.valid)
+            self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
+
+    # ------------------------------------------------------------------------------ serving
+    def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:
+        model = self.model
+        item_vecs, item_valid = model.items.matrix()
+        if item_vecs.shape[0] == 0:
+            return []
+        sig = self.signals(state)
+        scores = self.ranker.score(sig.features)[None]
+        exclude = ~item_valid[None].clone()
+        if exclude_clicked and state is not None:
+            rows = model.items.rows_of(state.clicked_items())
+            if rows:
+                exclude[0, rows] = True
+        n_ok = int((~exclude).sum())
+        if n_ok == 0:
+            return []
+        vals, idx = top_k(scores, min(k, n_ok), exclude)
+        contrib = self.ranker.contributions(sig.features)
+        out = []
+        for score, row in zip(vals[0].tolist(), idx[0].tolist()):
+            because = self._because(state, sig, contrib[row], row)
+            out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
+        return out
+
+    def _because(self, state: ProfileState | None, sig: Signals, contrib: torch.Tensor, row: int) -> list[dict]:
+        """The signal that adds most to this item's score, said in words."""
+        positive = contrib.clamp_min(0.0)
+        total = float(positive.sum())
+        if total <= 0.0:
+            return [_entry("popular", "popular", "popular now", 1.0)]
+        name = FEATURES[int(positive.argmax())]
+        share = round(float(positive.max()) / total, 3)
+        events = state.events if state is not None else []
+        if name in QUERY_SIGNALS and sig.query:
+            search = events[-1]
+            return [_entry("search", name, f"because you searched {sig.query!r}", share,
+                           event_id=search.event_id, text=sig.query)]
+        if name.startswith("transition") and sig.last_item:
+            return [_entry("transition", name, f"people who clicked {sig.last_item} next clicked this", share,
+                           item_id=sig.last_item)]
+        if name == "coclick" and sig.last_item:
+            return [_entry("coclick", name, f"people who clicked {sig.last_item} also clicked this", share,
+                           item_id=sig.last_item)]
+        if name in PROFILE_SIGNALS and events:
+            from coldstart.streams.processor import event_vectors
+
+            vecs, weights, _, slots = event_vectors(self.model, [state], self.settings.half_life_s)
+            item_vec = self.model.items.matrix()[0][row]
+            out = []
+            for j, part in top_contributors(vecs, weights, item_vec, k=2):
+                ev = events[slots[j][1]]
+                what = f"you searched {ev.text!r}" if ev.kind == "search" else f"you clicked {ev.item_id}"
+                out.append(_entry(ev.kind, name, f"because {what}", round(share * part, 3),
+                                  event_id=ev.event_id, text=ev.text, item_id=ev.item_id))
+            if out:
+                return out
+        if name == "newness":
+            return [_entry("new", name, "new in the catalogue", share)]
+        return [_entry("popular", name, "popular now", share)]
+
+
+def _entry(kind: str, signal: str, reason: str, share: float, *, event_id: str | None = None,
+           text: str | None = None, item_id: str | None = None) -> dict:
+    return {"event_id": event_id, "kind": kind, "signal": signal, "reason": reason, "text": text,
+            "item_id": item_id, "share": share}
+
+
+__all__ = ["Recommendation", "Recommender", "Signals"]

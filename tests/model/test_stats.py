@@ -1,0 +1,60 @@
+"""Stream statistics: idempotent by event id, bounded, and a click can be taken out while it is learned."""
+
+from __future__ import annotations
+
+import math
+
+from coldstart.model.stats import StreamStats
+
+
+def _feed(stats: StreamStats, clicks) -> None:
+    for eid, user, item, ts, query in clicks:
+        stats.observe(eid, user, item, ts, query=query)
+
+
+def test_redelivered_clicks_change_nothing():
+    once, twice = StreamStats(), StreamStats()
+    clicks = [("e1", "u1", "a", 0.0, "halo"), ("e2", "u1", "b", 10.0, None), ("e3", "u2", "a", 20.0, "halo")]
+    _feed(once, clicks)
+    _feed(twice, clicks + clicks[::-1])
+    assert once.transitions == twice.transitions and once.coclicks == twice.coclicks
+    assert once.query_clicks == twice.query_clicks and once.pop == twice.pop
+    assert once.clicks == twice.clicks == 3
+
+
+def test_transitions_and_coclicks_follow_each_user():
+    s = StreamStats()
+    _feed(s, [("e1", "u1", "a", 0.0, None), ("e2", "u2", "x", 1.0, None), ("e3", "u1", "b", 2.0, None),
+              ("e4", "u1", "c", 3.0, None)])
+    assert s.transitions == {"a": {"b": 1.0}, "b": {"c": 1.0}}  # u2's click does not break u1's chain
+    assert s.coclicks["a"] == {"b": 1.0, "c": 1.0} and "x" not in s.coclicks
+
+
+def test_excluding_a_click_restores_every_count_exactly():
+    s = StreamStats(popularity_half_life_s=10.0)
+    _feed(s, [("e1", "u1", "a", 0.0, "q"), ("e2", "u1", "b", 5.0, "q"), ("e3", "u2", "a", 40.0, "q")])
+    before = (dict(s.pop), {k: dict(v) for k, v in s.transitions.items()}, dict(s.query_clicks["q"]))
+    pop_b = s.popularity("b", now=40.0)
+    with s.excluding("e2"):
+        assert s.neighbours(s.transitions, "a") == {}
+        assert s.query_items("q") == {"a": 2.0}
+        assert s.popularity("b", now=40.0) == 0.0
+    assert (dict(s.pop), {k: dict(v) for k, v in s.transitions.items()}, dict(s.query_clicks["q"])) == before
+    assert math.isclose(pop_b, 0.5 ** 3.5)
+
+
+def test_popularity_decays_in_event_time_and_survives_rebasing():
+    s = StreamStats(popularity_half_life_s=1.0)
+    s.observe("e1", "u", "a", 0.0)
+    s.observe("e2", "v", "b", 600.0)  # 600 half-lives later: the origin moves, values stay right
+    assert s.pop_origin == 600.0
+    assert math.isclose(s.popularity("b", now=601.0), 0.5)
+    assert s.popularity("a", now=600.0) < 1e-100
+
+
+def test_everything_is_bounded():
+    s = StreamStats(max_users=3, max_neighbours=2, max_queries=2, seen_clicks=5)
+    for i in range(50):
+        s.observe(f"e{i}", f"u{i % 7}", f"i{i % 11}", float(i), query=f"q{i % 5}")
+    assert len(s.user_recent) <= 3 and len(s.query_clicks) <= 2 and len(s._undo) <= 5
+    assert all(len(row) <= 2 for row in (*s.transitions.values(), *s.coclicks.values()))
