@@ -169,9 +169,14 @@ def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simu
            rate: Optional[float] = typer.Option(None, help="events per second"),
            speedup: Optional[float] = typer.Option(None, help="follow log time, X times faster"),
            limit: Optional[int] = typer.Option(None, help="stop after this many events"),
+           rebase_time: bool = typer.Option(False, "--rebase-time", help="shift the log's times so its first "
+                                            "event is now (gaps kept): history for workers with live time bounds"),
            bootstrap_servers: Optional[str] = Bootstrap,
            shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]")) -> None:
-    """Replay a log (or the built-in site simulator) into Kafka, in time order."""
+    """Replay a log (or the built-in site simulator) into Kafka, in time order.
+
+    Workers refuse events dated before COLDSTART_MIN_EVENT_TS (2000-01-01 by default) as clock bugs:
+    replay an older log with --rebase-time, or run the workers with COLDSTART_MIN_EVENT_TS=0."""
     import itertools
 
     from coldstart.replay import SiteSimulator, open_dataset
@@ -183,9 +188,19 @@ def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simu
               else open_dataset(path, s.shared_data))
     if limit:
         events = itertools.islice(events, limit)
+    from coldstart.replay.events import Rebase
+
+    rebase = Rebase(time.time() if rebase_time else None)
     ensure_topics(s)
-    summary = asyncio.run(produce(events, s.bootstrap_servers, rate=rate, speedup=speedup))
+    summary = asyncio.run(produce(rebase(events), s.bootstrap_servers, rate=rate, speedup=speedup))
     console.print(summary)
+    if rebase.shift_s:
+        console.print(f"times rebased: every event shifted by {rebase.shift_s:+.0f} s (first event "
+                      f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(rebase.first_ts))} UTC -> now)")
+    elif rebase.first_ts is not None and rebase.first_ts < s.min_event_ts:
+        console.print(f"[yellow]the log starts {time.strftime('%Y-%m-%d', time.gmtime(rebase.first_ts))}, before "
+                      "COLDSTART_MIN_EVENT_TS: workers with that bound dead-letter these events as bad_timestamp; "
+                      "replay with --rebase-time, or run the workers with COLDSTART_MIN_EVENT_TS=0[/yellow]")
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -484,7 +484,10 @@ class LocalStack:
                "COLDSTART_DATA_DIR": str(self.workdir / "worker"),
                "COLDSTART_WEB_PORT": str(self.port),
                "COLDSTART_PARTITIONS": str(s.partitions),
-               "COLDSTART_SESSION_TIMEOUT_S": "10"}
+               "COLDSTART_SESSION_TIMEOUT_S": "10",
+               # An evaluation replays history as it happened (the 1997-98 Amazon log included): its
+               # worker accepts any past time instead of refusing it as a clock bug (issue 8).
+               "COLDSTART_MIN_EVENT_TS": "0"}
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "worker.log"
         with open(self.log_path, "ab") as log_file:

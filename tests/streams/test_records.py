@@ -90,3 +90,17 @@ def test_out_of_order_events_kept_in_time_order():
     for eid, ts in [("a", 3.0), ("b", 1.0), ("c", 2.0)]:
         state.add(RecentEvent(eid, "search", ts, text=eid), max_events=10, max_seen=10)
     assert [e.event_id for e in state.events] == ["b", "c", "a"]
+
+
+def test_history_is_refused_by_live_bounds_and_accepted_when_replaying_it():
+    from coldstart.settings import Settings
+
+    old = raw(event_id="e", user_id="u", ts="1997-09-20T10:00:00Z", item_id="i")
+    with pytest.raises(BadEvent, match="COLDSTART_MIN_EVENT_TS") as info:
+        parse_click(old, b"u", now=1.7e9)
+    assert info.value.reason == "bad_timestamp"
+    s = Settings.from_env({"COLDSTART_MIN_EVENT_TS": "0", "COLDSTART_MAX_FUTURE_SKEW_S": "60"})
+    ev = parse_click(old, b"u", now=1.7e9, min_ts=s.min_event_ts, max_future_s=s.max_future_skew_s)
+    assert ev.ts == 874_749_600.0
+    with pytest.raises(BadEvent, match="60 s in the future"):
+        parse_ts(1.7e9 + 120, now=1.7e9, max_future_s=s.max_future_skew_s)
