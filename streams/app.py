@@ -11,6 +11,7 @@ serializer the router would hash ``"u1"`` with quotes and route half the request
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import asyncio
@@ -19,6 +20,7 @@ import weakref
 from collections.abc import Iterator
 
 import faust
+import torch
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event  # the task-local event Faust's tables and sends read
 from prometheus_client import CollectorRegistry
@@ -43,6 +45,11 @@ class Worker:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
                  model: ServingModel | None = None) -> None:
         self.settings = settings
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        # One writer of profiles' math and the item index, off the event loop: batches, catalog
+        # upserts and refreshes run here one at a time, while HTTP and heartbeats keep answering.
+        self.batch_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coldstart-batch")
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics.create(self.registry)
         self.model = model or ServingModel.load(
@@ -184,10 +191,12 @@ class Worker:
         m = self.metrics
         parsed = []
         last_event_of: dict[str, faust.EventT] = {}
+        wall = time.time()
         for event in batch:
             msg = event.message
             kind = "search" if msg.topic == contract.SEARCH else "click"
             m.events_in.labels(kind).inc()
+            m.event_to_batch_seconds.observe(max(0.0, wall - msg.timestamp))
             try:
                 ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time())
             except BadEvent as exc:
@@ -206,15 +215,20 @@ class Worker:
                 states[user_id] = ProfileState.loads(raw)
         cache = self.model.cache
         hits0, misses0 = cache.hits, cache.misses
-        outcome = self.processor.process([ev for ev, _ in parsed], states)
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self.batch_executor, self.processor.process, [ev for ev, _ in parsed], states)
         # One table write per touched user per batch, in the context of that user's last event so the
         # changelog record goes to the user's partition and is flushed before the offset commit.
         for user_id, state in outcome.profiles.items():
             with event_context(last_event_of[user_id]):
                 self.profiles[user_id.encode()] = state.dumps()
-        for sample in outcome.samples:
-            with event_context(last_event_of[sample.user_id]):
-                await self.samples_topic.send(key=sample.user_id.encode(), value=sample.dumps())
+        # The batch's samples go straight to the producer and are awaited together: one acknowledged
+        # round trip per batch before the batch (and its offsets) is acknowledged, instead of Faust's
+        # per-message channel, attachment and sensor work (issue 11).
+        producer = self.app.producer
+        deliveries = [await producer.send(contract.SAMPLES, sample.user_id.encode(), sample.dumps(), None, None, None)
+                      for sample in outcome.samples]
+        await asyncio.gather(*deliveries)
         m.events_out.labels(contract.SAMPLES).inc(len(outcome.samples))
         now = time.time()
         for ev, event in parsed:
