@@ -5,21 +5,20 @@
 - ``batch``: the in-process batch path (decode -> encode -> score -> profile update -> retrieval) fed
   the Best Buy log in batches, events/s and batch latency p50/p99 (the path a GPU worker runs).
 - ``stream``: one real worker on a real local broker: events/s over the whole Best Buy log vs a raw
-  aiokafka consumer that only decodes the same messages; event->profile latency at a fixed 500
-  events/s; the worker's resident memory after the replay.
+  aiokafka consumer that only decodes the same messages (cold and warm embedding cache);
+  event->profile latency at a fixed 500 and 1,000 events/s, split into waiting and processing;
+  recommendation latency at 200 requests/s while the worker ingests 500 events/s; worker RSS.
+- ``catalog``: the item index, scoring and top-10 at 100k and 1M synthetic items (``bench/catalog.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from rich.console import Console
@@ -30,14 +29,18 @@ from coldstart.settings import Settings
 console = Console()
 
 
-def run_benchmarks(settings: Settings, which: str, out: Path) -> dict:
+def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None = None) -> dict:
     results: dict = {"machine": machine()}
     if which in ("encode", "all"):
         results["encode"] = bench_encode(settings)
     if which in ("batch", "all"):
         results["batch"] = bench_batch(settings)
     if which in ("stream", "all"):
-        results["stream"] = bench_stream(settings)
+        results["stream"] = bench_stream(settings, limit)
+    if which in ("catalog", "all"):
+        from coldstart.bench.catalog import bench_catalog
+
+        results["catalog"] = bench_catalog()
     if which in ("importance",):
         from coldstart.bench.importance import bench_importance
 
@@ -159,60 +162,60 @@ def quantiles(xs: list[float]) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------------------ stream
-def bench_stream(settings: Settings, latency_events: int = 5000, latency_rate: float = 500.0) -> dict:
-    from coldstart.kafka_local import LocalKafka, free_port
+def bench_stream(settings: Settings, limit: int | None = None, latency_events: int = 5000,
+                 request_rate: float = 200.0) -> dict:
+    """One worker on a local broker: cold and warm replay rates beside a raw decoding consumer, latency
+    at 500 and 1,000 events/s (texts cached, as in steady state) split into waiting (fetch + batching)
+    and processing, recommendation latency at ``request_rate`` while ingesting 500/s, RSS."""
+    from coldstart.bench.latency import paced_latency
+    from coldstart.bench.stack import LocalStack, rss_bytes, wait_total
     from coldstart.replay.producer import produce
-    from coldstart.streams.topics import ensure_topics
 
-    tmp = Path(tempfile.mkdtemp(prefix="coldstart-bench-"))
-    kafka = LocalKafka(version=settings.kafka_version, port=free_port(), data_dir=tmp / "kafka")
-    bootstrap = kafka.start()
-    s = settings.replace(bootstrap_servers=bootstrap)
-    ensure_topics(s)
-    events = bestbuy_events(s)
+    events = bestbuy_events(settings, limit)
     user_events = sum(1 for e in events if e.type != "item")
-    worker = None
-    try:
+    with LocalStack(settings) as stack:
+        bootstrap = stack.bootstrap
         asyncio.run(produce(events, bootstrap, progress=False))
         raw_rate = asyncio.run(raw_consumer_rate(bootstrap, user_events))
-        port = free_port()
-        env = {**os.environ, "COLDSTART_BOOTSTRAP_SERVERS": bootstrap, "COLDSTART_WEB_PORT": str(port),
-               "COLDSTART_DATA_DIR": str(tmp / "worker"), "COLDSTART_APP_ID": f"bench-{uuid.uuid4().hex[:6]}"}
-        worker = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
-                                  env=env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/metrics"
-        t_first, t_last = wait_counter(url, "coldstart_events_in_total", user_events, worker, timeout=1500)
+        worker = stack.start_worker()
+        t_first, t_last = wait_total([worker], "coldstart_events_in_total", user_events, timeout=3000)
         rate = (user_events - t_first[1]) / max(t_last[0] - t_first[0], 1e-9)
-        rss = rss_bytes(worker.pid)
+        rss = rss_bytes(worker.proc.pid)
         # Warm pass: the same log under new users and event ids. Every text is in the embedding cache
         # now, as in steady state (95% of Best Buy events repeat a text seen before).
         warm = [renamed(e, "~2") for e in events if e.type != "item"]
         t0 = time.perf_counter()
         asyncio.run(produce(warm, bootstrap, progress=False))
-        _, t_end = wait_counter(url, "coldstart_events_in_total", 2 * user_events, worker, timeout=900)
+        _, t_end = wait_total([worker], "coldstart_events_in_total", 2 * user_events, timeout=1500)
         warm_rate = len(warm) / max(t_end[0] - t0, 1e-9)
-        # Latency at a fixed rate, timed by the worker's own histogram (Kafka timestamp -> profile written).
-        before = scrape(url)
-        paced = [renamed(e, "~3") for e in events if e.type != "item"][:latency_events]
-        asyncio.run(produce(paced, bootstrap, rate=latency_rate, progress=False))
-        wait_counter(url, "coldstart_events_in_total", 2 * user_events + len(paced), worker, timeout=300)
-        after = scrape(url)
-        p50, p99 = histogram_quantiles(before, after, "coldstart_event_to_profile_seconds")
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=60)
-        kafka.stop()
+        stack.wait_ready()
+        base = [e for e in events if e.type != "item"][:latency_events]
+        users = sorted({e.value["user_id"] for e in events if e.type != "item"})
+        paced = {}
+        for suffix, rate_s, req in (("~3", 500.0, request_rate), ("~4", 1000.0, 0.0)):
+            paced[rate_s] = paced_latency(bootstrap, [worker], [renamed(e, suffix) for e in base], rate_s,
+                                          request_users=users if req else None, request_rate=req)
+        rss_end = rss_bytes(worker.proc.pid)
+    p5, p10 = paced[500.0], paced[1000.0]
+    req = p5.requests
+    rows = [("events/s, one worker, cold cache", f"{rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
+             f"{rate / raw_rate:.3f}", ">= 3,000/s"),
+            ("events/s, one worker, warm cache", f"{warm_rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
+             f"{warm_rate / raw_rate:.3f}", ">= 10,000/s")]
+    for r, target in ((p5, "p99 <= 100 ms"), (p10, "p99 <= 250 ms")):
+        rows.append((f"event->profile p50 / p99 at {r.rate:,.0f}/s", f"{r.profile_p50_s * 1e3:,.0f} / "
+                     f"{r.profile_p99_s * 1e3:,.0f} ms", f"of which waiting (fetch + batching) "
+                     f"{r.wait_p50_s * 1e3:,.0f} / {r.wait_p99_s * 1e3:,.0f} ms; batch {r.batch_p50_s * 1e3:,.0f}"
+                     f" / {r.batch_p99_s * 1e3:,.0f} ms", "-", target))
+    if req is not None:
+        rows.append((f"GET recommendations p50 / p99 at {req.rate:.0f}/s while ingesting 500/s",
+                     f"{req.p50_s * 1e3:,.1f} / {req.p99_s * 1e3:,.1f} ms", f"{req.ok}/{req.sent} answered 200",
+                     "-", "p99 <= 20 ms"))
+    rows += [("worker RSS after the cold replay", f"{rss / 2**20:,.0f} MiB", "-", "-", "<= 1,430 MiB"),
+             ("worker RSS at the end", f"{rss_end / 2**20:,.0f} MiB", "-", "-", "<= 1,430 MiB")]
     return {"events": user_events, "worker_events_per_s": rate, "warm_events_per_s": warm_rate,
-            "raw_consumer_events_per_s": raw_rate,
-            "latency_p50_s": p50, "latency_p99_s": p99, "rss_bytes": rss,
-            "rows": [("events/s, one worker, cold cache", f"{rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
-                      f"{rate / raw_rate:.3f}", ">= 3,000/s"),
-                     ("events/s, one worker, warm cache", f"{warm_rate:,.0f}",
-                      f"{raw_rate:,.0f} raw aiokafka decode", f"{warm_rate / raw_rate:.3f}", ">= 3,000/s"),
-                     (f"event->profile p50 / p99 at {latency_rate:.0f}/s", f"{p50 * 1e3:.0f} / {p99 * 1e3:.0f} ms",
-                      "-", "-", "p99 <= 100 ms"),
-                     ("worker RSS after replay", f"{rss / 2**20:,.0f} MiB", "-", "-", "<= 1.5 GB")]}
+            "raw_consumer_events_per_s": raw_rate, "rss_bytes": rss, "rss_end_bytes": rss_end,
+            "paced": {str(k): dataclasses.asdict(v) for k, v in paced.items()}, "rows": rows}
 
 
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:
@@ -236,75 +239,3 @@ async def raw_consumer_rate(bootstrap: str, n: int) -> float:
         return seen / (time.perf_counter() - t0)
     finally:
         await consumer.stop()
-
-
-def scrape(url: str) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                pass
-    return out
-
-
-def counter_sum(metrics: dict[str, float], name: str) -> float:
-    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
-
-
-def wait_counter(url, name, target, proc, timeout):
-    deadline = time.monotonic() + timeout
-    first = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}")
-        try:
-            value = counter_sum(scrape(url), name)
-        except OSError:
-            time.sleep(0.5)
-            continue
-        now = time.perf_counter()
-        if first is None and value > 0:
-            first = (now, value)
-        if value >= target:
-            return first or (now, value), (now, value)
-        time.sleep(0.2)
-    raise TimeoutError(f"{name} did not reach {target} within {timeout} s")
-
-
-def histogram_quantiles(before: dict, after: dict, name: str) -> tuple[float, float]:
-    buckets = []
-    for key, value in after.items():
-        if key.startswith(name + "_bucket{"):
-            le = key.split('le="')[1].split('"')[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets.append((bound, value - before.get(key, 0.0)))
-    buckets.sort()
-    total = buckets[-1][1] if buckets else 0
-    result = []
-    for q in (0.5, 0.99):
-        want = q * total
-        prev_bound, prev_count = 0.0, 0.0
-        for bound, count in buckets:
-            if count >= want:
-                if bound == float("inf"):
-                    result.append(prev_bound)
-                else:
-                    frac = (want - prev_count) / max(count - prev_count, 1e-9)
-                    result.append(prev_bound + frac * (bound - prev_bound))
-                break
-            prev_bound, prev_count = bound, count
-    return result[0], result[1]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0

@@ -70,6 +70,10 @@ class Settings:
     announce_secret: str = dataclasses.field(default="", repr=False)
     # When set, GET /users/... needs "Authorization: Bearer <token>" (health and metrics stay open).
     api_token: str = dataclasses.field(default="", repr=False)
+    # Issue 11 (real time on one worker). Torch intra-op threads in the worker: with the broker beside
+    # it on 2 shared cores, a second OpenMP thread waits on a descheduled peer and small per-batch ops
+    # run 10-40x slower (profile recomputation 36 ms vs 0.9 ms; the encoder too). 0 = torch's default.
+    torch_threads: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

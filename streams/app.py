@@ -11,6 +11,7 @@ serializer the router would hash ``"u1"`` with quotes and route half the request
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hmac
 import logging
@@ -20,6 +21,7 @@ import weakref
 from collections.abc import Iterator
 
 import faust
+import torch
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event  # the task-local event Faust's tables and sends read
 from prometheus_client import CollectorRegistry
@@ -45,6 +47,11 @@ class Worker:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None,
                  model: ServingModel | None = None) -> None:
         self.settings = settings
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        # One writer of profiles' math and the item index, off the event loop: batches, catalog
+        # upserts and refreshes run here one at a time, while HTTP and heartbeats keep answering.
+        self.batch_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coldstart-batch")
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics.create(self.registry)
         self.model = model or ServingModel.load(
@@ -288,10 +295,12 @@ class Worker:
         started = time.perf_counter()
         m = self.metrics
         parsed = []
+        wall = time.time()
         for event in batch:
             msg = event.message
             kind = "search" if msg.topic == contract.SEARCH else "click"
             m.events_in.labels(kind).inc()
+            m.event_to_batch_seconds.observe(max(0.0, wall - msg.timestamp))
             try:
                 ev = PARSERS[msg.topic](msg.value, msg.key, now=time.time(), min_ts=self.settings.min_event_ts,
                                         max_future_s=self.settings.max_future_skew_s)
@@ -342,7 +351,9 @@ class Worker:
                 states[user_id] = ProfileState.loads(raw)
         cache = self.model.cache
         hits0, misses0 = cache.hits, cache.misses
-        outcome = self.processor.process([ev for ev, _ in parsed], states)
+        # The batch step runs on the one writer thread of the model (issue 11): HTTP and heartbeats go on.
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self.batch_executor, self.processor.process, [ev for ev, _ in parsed], states)
         # Everything that can fail on one event happens before the first write (a failed try must
         # leave nothing behind: its retry reloads the states and must not see its events as applied).
         rows = [(user_id.encode(), state.dumps()) for user_id, state in outcome.profiles.items()]
@@ -352,9 +363,13 @@ class Worker:
         for key, value in rows:
             with event_context(last_event_of[key.decode()]):
                 self.profiles[key] = value
-        for user_id, value in samples:
-            with event_context(last_event_of[user_id]):
-                await self.samples_topic.send(key=user_id.encode(), value=value)
+        # The batch's samples go straight to the producer and are awaited together: one acknowledged
+        # round trip per batch before the batch (and its offsets) is acknowledged, instead of Faust's
+        # per-message channel, attachment and sensor work (issue 11).
+        producer = self.app.producer
+        deliveries = [await producer.send(contract.SAMPLES, user_id.encode(), value, None, None, None)
+                      for user_id, value in samples]
+        await asyncio.gather(*deliveries)
         m.events_out.labels(contract.SAMPLES).inc(len(outcome.samples))
         now = time.time()
         for ev, event in parsed:

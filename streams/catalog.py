@@ -61,19 +61,26 @@ class CatalogReader:
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
                 if batch:
-                    self.apply([m for msgs in batch.values() for m in msgs])
-                # Encode new item texts in small chunks: a whole catalog arriving at once must not
-                # block the event loop (HTTP, heartbeats, the stream) for the minute it takes on a CPU.
+                    await self._on_writer(self.apply, [m for msgs in batch.values() for m in msgs])
+                # Encode new item texts in small chunks on the writer thread: a whole catalog arriving
+                # at once takes a minute on a CPU, and the stream's batches take turns with it.
                 model = self.worker.model
-                while model.items.refresh(model.encoder, model.cache, limit=REFRESH_CHUNK):
+                while await self._on_writer(model.items.refresh, model.encoder, model.cache, REFRESH_CHUNK):
                     self.worker.metrics.items.set(int(model.items.valid.sum()))
-                    await asyncio.sleep(0)
+                    model = self.worker.model
                 if not self.caught_up.is_set() and not model.items.pending and await self._at_end(consumer, end):
                     self.caught_up.set()
                     log.info("catalog reader caught up: %d items, %d clicks",
                              self.items_seen, self.clicks_seen)
         finally:
             await consumer.stop()
+
+    async def _on_writer(self, fn, *args):
+        """Run an item-index write on the worker's single writer thread, between batches and swaps
+        (issue 11: one writer of the index, never the event loop)."""
+        worker = self.worker
+        async with worker.batch_lock:
+            return await asyncio.get_running_loop().run_in_executor(worker.batch_executor, fn, *args)
 
     def apply(self, messages) -> None:
         model = self.worker.model

@@ -8,7 +8,11 @@ import dataclasses
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Fine enough that a p99 interpolated between two bounds is a number to act on (issue 11), from 1 ms to
+# a minute: a worker that falls behind shows how far behind, not "beyond the top bucket".
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08,
+                   0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+                   15.0, 20.0, 30.0, 60.0)
 IMPORTANCE_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -19,6 +23,7 @@ class Metrics:
     events_out: Counter
     dlq: Counter
     event_to_profile_seconds: Histogram
+    event_to_batch_seconds: Histogram
     batch_size: Histogram
     batch_seconds: Histogram
     encode_seconds: Histogram
@@ -56,6 +61,10 @@ class Metrics:
             dlq=counter("dlq_total", "Events sent to the dead-letter topic, by reason.", ["reason"]),
             event_to_profile_seconds=histogram(
                 "event_to_profile_seconds", "From the event's Kafka timestamp to its profile update.",
+                LATENCY_BUCKETS),
+            event_to_batch_seconds=histogram(
+                "event_to_batch_seconds",
+                "From the event's Kafka timestamp to the start of its batch (fetch + batching wait).",
                 LATENCY_BUCKETS),
             batch_size=histogram("batch_events", "Events per processed batch.", BATCH_BUCKETS),
             batch_seconds=histogram("batch_seconds", "Time to process one batch.", LATENCY_BUCKETS),

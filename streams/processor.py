@@ -90,7 +90,8 @@ class BatchProcessor:
         importance: dict[str, list[float]] = {"search": [], "click": []}
         samples: list[TrainingSample] = []
         n_valid = max(int(item_valid.sum()), 2)
-        for ev, (w, loss) in zip(fresh, weights):
+        pweights = profile_weights([ev.kind for ev in fresh], [loss for _, loss in weights], n_valid)
+        for ev, (w, loss), pweight in zip(fresh, weights, pweights):
             state = touched.get(ev.user_id) or profiles.get(ev.user_id) or ProfileState(ev.user_id)
             touched[ev.user_id] = state
             prior = state.n_events
@@ -98,7 +99,7 @@ class BatchProcessor:
             state.add(
                 RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
                             item_id=ev.item_id if isinstance(ev, ClickEvent) else None,
-                            weight=profile_weight(ev.kind, loss, n_valid)),
+                            weight=pweight),
                 max_events=s.recent_events, max_seen=s.seen_event_ids)
             importance[ev.kind].append(w)
             if isinstance(ev, ClickEvent) and ev.item_id in model.items.row:
@@ -176,11 +177,12 @@ class BatchProcessor:
                 out[i] = (wi, li)
         # Clicks the model cannot score yet (an item with no vector, no context): neutral weight,
         # boosted for cold users like any other event.
-        for i, e in enumerate(events):
-            if isinstance(e, ClickEvent) and out[i] == (1.0, 0.0):
-                p = torch.tensor([float(prior[i])], device=dev)
-                out[i] = (float(importance_weight(torch.tensor([np.log(max(n_items, 2))], device=dev),
-                                                  max(n_items, 2), p)[0]), 0.0)
+        unscored = [i for i, e in enumerate(events) if isinstance(e, ClickEvent) and out[i] == (1.0, 0.0)]
+        if unscored:  # one tensor call for all of them (issue 11: no per-event tensor work)
+            p = torch.tensor([float(prior[i]) for i in unscored], device=dev)
+            uniform = torch.full((len(unscored),), float(np.log(max(n_items, 2))), device=dev)
+            for i, wi in zip(unscored, importance_weight(uniform, max(n_items, 2), p).tolist()):
+                out[i] = (wi, 0.0)
         return out
 
 
@@ -205,6 +207,19 @@ def profile_weight(kind: str, loss: float, n_items: int) -> float:
     if kind != "click":
         return SEARCH_PROFILE_WEIGHT
     return float(plausibility(torch.tensor([loss]), n_items, PROFILE_NOISE_MARGIN)[0])
+
+
+def profile_weights(kinds: Sequence[str], losses: Sequence[float], n_items: int) -> list[float]:
+    """:func:`profile_weight` of many events in one tensor call (the batch path's form).
+
+    >>> profile_weights(["click", "click", "search"], [0.5, 12.0, 9.0], 100) == [
+    ...     profile_weight("click", 0.5, 100), profile_weight("click", 12.0, 100), 0.7]
+    True
+    """
+    if not kinds:
+        return []
+    plausible = plausibility(torch.tensor(losses, dtype=torch.float32), n_items, PROFILE_NOISE_MARGIN).tolist()
+    return [p if kind == "click" else SEARCH_PROFILE_WEIGHT for kind, p in zip(kinds, plausible)]
 
 
 def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):

@@ -1,15 +1,19 @@
 """A user's profile as stored in the ``user_to_profile`` table: bounded and idempotent by event id.
 
-Stored as compact JSON bytes (raw table values): the profile vector travels as base64 float32 with the
-model version that made it, so a reader can tell whether it belongs to the vector space in service.
+Stored as compact binary (raw table values), led by a format version byte so the format can change
+without a migration: version 1 is a fixed header, the recent events' times and weights as packed
+arrays, every string in one UTF-8 blob, and the profile vector as raw float32 with the
+model version that made it (a reader can tell whether it belongs to the vector space in service).
+Values written by older workers (JSON with a base64 vector, starting with ``{``) still load.
 
 >>> p = ProfileState(user_id="u1")
 >>> p.add(RecentEvent("e1", "search", 10.0, text="halo"), max_events=2, max_seen=4)
 True
 >>> p.add(RecentEvent("e1", "search", 10.0, text="halo"), max_events=2, max_seen=4)  # redelivered
 False
->>> ProfileState.loads(p.dumps()).n_events
-1
+>>> raw = p.dumps()
+>>> raw[0], ProfileState.loads(raw).n_events
+(1, 1)
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import struct
 
 import numpy as np
 
@@ -70,6 +75,43 @@ class ProfileState:
         return [e.item_id for e in self.events if e.kind == "click" and e.item_id]
 
     def dumps(self) -> bytes:
+        """The current binary format (version 1, see the module doc)."""
+        strings: list[str | None] = [self.user_id, self.version]
+        for e in self.events:
+            strings += (e.event_id, e.kind, e.text, e.item_id)
+        strings += self.seen
+        blob = _SEP.join(_NONE if x is None else x.encode() for x in strings)
+        n = len(self.events)
+        vec = b"" if self.vector is None else np.asarray(self.vector, dtype="<f4").tobytes()
+        return b"".join((
+            _HEADER.pack(FORMAT_VERSION, self.n_events, self.n_clicks, self.updated_ts, n, len(blob),
+                         len(vec) // 4),
+            struct.pack(f"<{2 * n}d", *(e.ts for e in self.events), *(e.weight for e in self.events)),
+            blob,
+            vec,
+        ))
+
+    @classmethod
+    def loads(cls, raw: bytes) -> "ProfileState":
+        """Any format this code has ever written: binary version 1, or the JSON of earlier workers."""
+        if raw[:1] == b"{":
+            return cls._loads_json(raw)
+        if not raw or raw[0] != FORMAT_VERSION:
+            raise ValueError(f"unknown profile format version {raw[0] if raw else None!r}: written by a "
+                             "newer coldstart? upgrade this worker")
+        _, n_events, n_clicks, updated_ts, n, blob_len, dim = _HEADER.unpack_from(raw)
+        numbers = struct.unpack_from(f"<{2 * n}d", raw, _HEADER.size)
+        pos = _HEADER.size + 16 * n
+        strings = [None if x == _NONE else x.decode() for x in raw[pos:pos + blob_len].split(_SEP)]
+        pos += blob_len
+        vector = np.frombuffer(raw, dtype="<f4", count=dim, offset=pos).astype(np.float32) if dim else None
+        events = [RecentEvent(strings[2 + 4 * i], strings[3 + 4 * i], numbers[i], text=strings[4 + 4 * i],
+                              item_id=strings[5 + 4 * i], weight=numbers[n + i]) for i in range(n)]
+        return cls(user_id=strings[0], events=events, seen=strings[2 + 4 * n:], n_events=n_events,
+                   n_clicks=n_clicks, vector=vector, version=strings[1], updated_ts=updated_ts)
+
+    def dumps_json(self) -> bytes:
+        """The format of workers before issue 11 (JSON, base64 vector): kept to test that it loads."""
         body = {
             "u": self.user_id,
             "e": [e.to_json() for e in self.events],
@@ -83,7 +125,7 @@ class ProfileState:
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
-    def loads(cls, raw: bytes) -> "ProfileState":
+    def _loads_json(cls, raw: bytes) -> "ProfileState":
         body = json.loads(raw)
         vector = body.get("v")
         return cls(
@@ -96,3 +138,11 @@ class ProfileState:
             version=body.get("m"),
             updated_ts=body.get("t", 0.0),
         )
+
+
+FORMAT_VERSION = 1
+# version, n_events, n_clicks, updated_ts, recent events, string blob bytes, vector dimension
+_HEADER = struct.Struct("<BIIdHIH")
+# Strings are UTF-8 joined by 0xFF, and None is the single byte 0xFE: neither byte occurs in UTF-8,
+# so one split recovers every string.
+_SEP, _NONE = b"\xff", b"\xfe"

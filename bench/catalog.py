@@ -1,0 +1,103 @@
+"""A large catalogue: the item index, scoring and top-k at 100k and 1M items (issue 11).
+
+Vectors are synthesised (unit vectors; the encoder's title throughput is ``coldstart bench encode``),
+items go through the real :class:`ItemIndex` (ids, rows, per-item texts, popularity), and one request
+is what the recommendations view does for one user: blend cosine and popularity over the whole
+catalogue, mask invalid rows, take the top 10. Reported: resident memory per item (measured as the
+process's RSS growth), top-10 latency p50/p99 over single requests, and whether fp16 storage of the
+vectors would keep the ranking (top-10 overlap with fp32, and score error) — it is only worth adopting
+if it does.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+import torch.nn.functional as F
+
+from coldstart.bench.stack import rss_bytes
+from coldstart.model.items import ItemIndex
+from coldstart.model.profile import popularity_blend
+from coldstart.model.retrieval import score_items, top_k
+
+DIM = 384
+
+
+def synthetic_index(n_items: int, device: torch.device, seed: int = 0) -> ItemIndex:
+    """An index with ``n_items`` titled items whose vectors are random unit vectors, popularity Zipf-like."""
+    g = torch.Generator().manual_seed(seed)
+    index = ItemIndex(DIM, device, max_items=n_items, capacity=n_items)
+    for i in range(n_items):
+        index.upsert(f"sku-{i}", f"item {i}")
+    index._dirty.clear()  # vectors below stand in for the encoder's
+    index.vectors[:n_items] = F.normalize(torch.randn(n_items, DIM, generator=g), dim=1).to(device)
+    index.valid[:n_items] = True
+    index.pop[:n_items] = (1.0 / torch.arange(1, n_items + 1, dtype=torch.float32)).to(device) * 1000
+    return index
+
+
+def top10(profile: torch.Tensor, vecs: torch.Tensor, valid: torch.Tensor, pop: torch.Tensor,
+          n_events: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One user's top 10 as the recommendations view scores it (cosine + popularity, invalid masked)."""
+    a = popularity_blend(torch.tensor([n_events], device=profile.device))
+    scores = score_items(profile.to(vecs.dtype), vecs, pop.to(vecs.dtype), a).float()
+    return top_k(scores, 10, (~valid)[None])
+
+
+def bench_catalog(sizes=(100_000, 1_000_000), requests: int = 300, device: str = "cpu") -> dict:
+    dev = torch.device(device)
+    rows, out = [], {}
+    for n in sizes:
+        gc.collect()
+        rss0 = rss_bytes_self()
+        t0 = time.perf_counter()
+        index = synthetic_index(n, dev)
+        build_s = time.perf_counter() - t0
+        gc.collect()
+        per_item = (rss_bytes_self() - rss0) / n
+        vecs, valid = index.matrix()
+        pop = index.popularity()
+        g = torch.Generator().manual_seed(1)
+        profiles = F.normalize(torch.randn(requests, DIM, generator=g), dim=1).to(dev)
+        top10(profiles[:1], vecs, valid, pop)  # warm-up
+        times = []
+        for u in range(requests):
+            t = time.perf_counter()
+            top10(profiles[u:u + 1], vecs, valid, pop)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        times.sort()
+        p50, p99 = times[len(times) // 2], times[int(0.99 * (len(times) - 1))]
+        # fp16 storage: half the bytes of the vectors; adopt only if the top 10 stays the top 10.
+        half = vecs.half()
+        overlap, max_err, half_times = [], 0.0, []
+        for u in range(min(requests, 100)):
+            v32, i32 = top10(profiles[u:u + 1], vecs, valid, pop)
+            t = time.perf_counter()
+            v16, i16 = top10(profiles[u:u + 1], half, valid, pop)
+            half_times.append(time.perf_counter() - t)
+            overlap.append(len(set(i32[0].tolist()) & set(i16[0].tolist())) / 10)
+            max_err = max(max_err, float((v32 - v16).abs().max()))
+        half_times.sort()
+        mean_overlap = sum(overlap) / len(overlap)
+        out[n] = {"items": n, "build_s": build_s, "rss_bytes_per_item": per_item,
+                  "vector_bytes_per_item_fp32": DIM * 4, "top10_p50_s": p50, "top10_p99_s": p99,
+                  "fp16_top10_overlap": mean_overlap, "fp16_max_score_error": max_err,
+                  "fp16_top10_p50_s": half_times[len(half_times) // 2]}
+        rows += [(f"top-10 p50 / p99 at {n:,} items ({dev.type})", f"{p50 * 1e3:.1f} / {p99 * 1e3:.1f} ms", "-", "-",
+                  "p99 <= 50 ms on CPU at 1M"),
+                 (f"memory per item at {n:,} items", f"{per_item:,.0f} B RSS", f"{DIM * 4} B fp32 vector",
+                  f"{per_item / (DIM * 4):.2f}", "-"),
+                 (f"fp16 vectors at {n:,} items: top-10 overlap / max score error",
+                  f"{mean_overlap:.3f} / {max_err:.1e}", "fp32 ranking", "-", "overlap 1.0 to adopt")]
+        del index, vecs, valid, pop, half
+    return {"sizes": out, "rows": rows}
+
+
+def rss_bytes_self() -> int:
+    import os
+
+    return rss_bytes(os.getpid())

@@ -1,0 +1,105 @@
+"""Latency under a steady load: event->profile at a fixed event rate, and recommendation requests at a
+fixed request rate while the worker ingests (the promise "a visitor's next page reflects what they did").
+
+Event latency is the worker's own histogram (Kafka timestamp -> profile written), split at the start of
+the batch (``coldstart_event_to_batch_seconds``: consumer fetch + batching wait) so the report says
+where the time goes. Request latency is measured by the client (httpx), end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from coldstart.bench.stack import WorkerProcess, histogram_quantiles, merged_scrape, wait_total
+
+
+@dataclass
+class PacedResult:
+    rate: float
+    events: int
+    profile_p50_s: float
+    profile_p99_s: float
+    wait_p50_s: float  # Kafka timestamp -> batch start
+    wait_p99_s: float
+    batch_p50_s: float
+    batch_p99_s: float
+    requests: "RequestResult | None" = None
+
+
+@dataclass
+class RequestResult:
+    rate: float
+    sent: int
+    ok: int
+    p50_s: float
+    p99_s: float
+
+
+def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: float,
+                  request_users: list[str] | None = None, request_rate: float = 200.0,
+                  base_count: float | None = None) -> PacedResult:
+    """Produce ``events`` at ``rate``/s and read the workers' latency histograms over that interval;
+    with ``request_users``, ask for their recommendations at ``request_rate``/s meanwhile."""
+    from coldstart.replay.producer import produce
+
+    before = merged_scrape(workers)
+    if base_count is None:
+        from coldstart.bench.stack import counter_sum
+        base_count = counter_sum(before, "coldstart_events_in_total")
+
+    async def both():
+        duration = len(events) / rate
+        load = None
+        if request_users:
+            load = asyncio.create_task(request_load([w.base_url for w in workers], request_users,
+                                                    request_rate, duration))
+        await produce(events, bootstrap, rate=rate, progress=False)
+        return await load if load else None
+
+    requests = asyncio.run(both())
+    wait_total(workers, "coldstart_events_in_total", base_count + len(events), timeout=600)
+    time.sleep(0.5)  # the last batch's histogram observations follow its counter by microseconds
+    after = merged_scrape(workers)
+    p = histogram_quantiles(before, after, "coldstart_event_to_profile_seconds")
+    w = histogram_quantiles(before, after, "coldstart_event_to_batch_seconds")
+    b = histogram_quantiles(before, after, "coldstart_batch_seconds")
+    return PacedResult(rate, len(events), p[0], p[1], w[0], w[1], b[0], b[1], requests)
+
+
+async def request_load(base_urls: list[str], users: list[str], rate: float, duration: float) -> RequestResult:
+    """GET /users/{id}/recommendations for real user ids at a fixed rate (open loop: a slow answer
+    does not slow the schedule), round-robin over the workers; client-side latency quantiles."""
+    import httpx
+
+    latencies: list[float] = []
+    ok = 0
+    sent = 0
+    n = max(1, int(duration * rate))
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+        async def one(i: int) -> None:
+            nonlocal ok
+            url = f"{base_urls[i % len(base_urls)]}/users/{users[i % len(users)]}/recommendations?k=10"
+            t0 = time.perf_counter()
+            try:
+                resp = await client.get(url)
+                ok += resp.status_code == 200
+            except httpx.HTTPError:
+                pass
+            latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+            sent += 1
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
+    return RequestResult(rate, sent, ok, p50, p99)
