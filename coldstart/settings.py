@@ -55,6 +55,14 @@ class Settings:
     kafka_dir: Path = Path("var/kafka")
     # Data
     shared_data: Path = Path("../shared/data")
+    # Importance estimators and bot control (issue 10)
+    importance_estimator: str = "loss"  # uniform | loss | loss_quantile | grad_norm | reducible_loss
+    anomaly_guard: bool = True  # flag bot-like users' events to the DLQ before they are applied
+
+    def __post_init__(self) -> None:  # issue 10: an unknown estimator is a ConfigError naming the variable
+        from coldstart.model.estimators import check_estimator
+
+        check_estimator(self.importance_estimator, PREFIX + "IMPORTANCE_ESTIMATOR")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
