@@ -47,6 +47,7 @@ class UserActivity:
     times: deque = field(default_factory=deque)
     item_clicks: dict[str, int] = field(default_factory=dict)
     flagged: str | None = None
+    seen: deque = field(default_factory=lambda: deque(maxlen=256))  # event ids: a redelivery counts once
 
 
 def span_of_last(times: deque, n: int) -> float | None:
@@ -101,12 +102,19 @@ class ActivityGuard:
         self._users: OrderedDict[str, UserActivity] = OrderedDict()
         self.flagged_events: dict[str, int] = {}
 
-    def observe(self, user_id: str, ts: float, item_id: str | None = None) -> str | None:
-        """Count one event (``item_id`` for a click) and return the reason to flag it, or None."""
+    def observe(self, user_id: str, ts: float, item_id: str | None = None, event_id: str | None = None) -> str | None:
+        """Count one event (``item_id`` for a click) and return the reason to flag it, or None.
+
+        An ``event_id`` seen before (at-least-once redelivery) is not counted again.
+        """
         activity = self._users.pop(user_id, None) or UserActivity()
         self._users[user_id] = activity  # most recently used last
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
+        if event_id is not None:
+            if event_id in activity.seen:
+                return activity.flagged
+            activity.seen.append(event_id)
         rules = self.rules
         activity.times.append(float(ts))
         while len(activity.times) > max(rules.burst_events, rules.flood_events):

@@ -75,6 +75,14 @@ def test_every_rule_has_its_reason_and_flags_stick() -> None:
     assert guard.flagged_events == {"impossible_rate": 3, "click_flood": 1, "same_item_repeated": 1}
 
 
+def test_a_redelivered_event_is_counted_once() -> None:
+    guard = ActivityGuard(AnomalyRules(burst_events=3, burst_window_s=10.0))
+    for _ in range(5):
+        assert guard.observe("u", 1.0, "i", event_id="e1") is None
+    assert guard.observe("u", 2.0, "i", event_id="e2") is None
+    assert guard.observe("u", 3.0, "i", event_id="e3") == "impossible_rate"
+
+
 def test_counters_are_bounded() -> None:
     guard = ActivityGuard(AnomalyRules(max_items_tracked=3), max_users=2)
     for k in range(10):
