@@ -42,16 +42,18 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
 
         results["catalog"] = bench_catalog()
     if which in ("importance",):
-        from coldstart.bench.importance import bench_importance
+        from coldstart.bench.importance import bench_importance, print_table
 
-        results["importance"] = bench_importance(settings)
+        results["importance"] = bench_importance(settings, out_dir=out.parent)
+        print_table(results["importance"])  # its own columns (issue 10)
+        console.print(f"learning curves written to {out.parent / 'importance_curves.png'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     table = Table(title="coldstart benchmarks")
     for col in ("benchmark", "figure", "value", "baseline", "ratio", "target"):
         table.add_column(col)
     for name, rows in results.items():
-        if name == "machine":
+        if name in ("machine", "importance"):
             continue
         for row in rows["rows"]:
             table.add_row(name, *[str(v) for v in row])

@@ -74,6 +74,14 @@ class Settings:
     # it on 2 shared cores, a second OpenMP thread waits on a descheduled peer and small per-batch ops
     # run 10-40x slower (profile recomputation 36 ms vs 0.9 ms; the encoder too). 0 = torch's default.
     torch_threads: int = 1
+    # Importance estimators and bot control (issue 10)
+    importance_estimator: str = "loss"  # uniform | loss | loss_quantile | grad_norm | reducible_loss
+    anomaly_guard: bool = True  # flag bot-like users' events to the DLQ before they are applied
+
+    def __post_init__(self) -> None:  # issue 10: an unknown estimator is a ConfigError naming the variable
+        from coldstart.model.estimators import check_estimator
+
+        check_estimator(self.importance_estimator, PREFIX + "IMPORTANCE_ESTIMATOR")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from coldstart.errors import BadEvent
 from coldstart.settings import Settings
 from coldstart.model.serving import ServingModel
+from coldstart.model.anomaly import ActivityGuard
 from coldstart import contract
 from coldstart.streams.catalog import CatalogReader
 from coldstart.streams.metrics import Metrics
@@ -59,6 +60,8 @@ class Worker:
             cache_size=settings.embedding_cache_size, max_items=settings.max_items,
             max_queries=settings.item_queries)
         self.processor = BatchProcessor(settings, self.model)
+        # issue 10: bot-like users' events go to the DLQ (reason = the rule) before they are applied.
+        self.guard = ActivityGuard() if settings.anomaly_guard else None
         self.recommender = Recommender(settings, self.model)
         self.processor.click_hook = self.recommender.learn_clicks  # issue 9: ranker + stream statistics
         self.metrics.model_version_info.labels(self.model.version).set(1)
@@ -309,6 +312,11 @@ class Worker:
                 continue
             except Exception as exc:  # a parser bug costs this event, not the batch
                 await self.dead_letter(internal_error(exc), event)
+                continue
+            reason = self.guard and self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
+            if reason:  # issue 10: never applied to profiles, popularity or samples; visible in the DLQ
+                with event_context(event):
+                    await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
                 continue
             parsed.append((ev, event))
         if parsed:

@@ -109,3 +109,61 @@ def test_search_importance_bounds_and_tiny_catalogs() -> None:
     assert torch.allclose(one, torch.tensor([2.0, 1.25]))
     empty = search_importance(q[:1], items[:0], torch.tensor([1.0]), w_max=1.2)
     assert torch.allclose(empty, torch.tensor([1.2]))
+
+
+# ------------------------------------------------------------------------------- estimators (issue 10)
+from coldstart.errors import ConfigError  # noqa: E402
+from coldstart.model.importance import (ESTIMATORS, RunningQuantile, bounded, estimator_score,  # noqa: E402
+                                        output_grad_norm, quantile_noise_weight, reducible_loss)
+from coldstart.settings import Settings  # noqa: E402
+
+
+def test_grad_norm_estimate_is_the_exact_gradient_norm_at_the_normalised_output() -> None:
+    g = torch.Generator().manual_seed(0)
+    items = F.normalize(torch.randn(50, 16, generator=g), dim=1)
+    raw = torch.randn(8, 16, generator=g)
+    raw = (raw / raw.norm(dim=1, keepdim=True)).requires_grad_(True)  # on the sphere: d normalise = projection
+    target = torch.randint(50, (8,), generator=g)
+    catalog_loss(F.normalize(raw, dim=1), items, target).sum().backward()
+    expected = raw.grad.norm(dim=1)
+    got = output_grad_norm(raw.detach(), items, target)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_quantile_noise_line_damps_clicks_beyond_the_running_quantile() -> None:
+    g = torch.Generator().manual_seed(1)
+    genuine = torch.rand(400, generator=g) * 4.0  # losses in [0, 4)
+    noise = 8.0 + torch.rand(100, generator=g) * 4.0  # implausible: twice the genuine range
+    rq = RunningQuantile(q=0.8)
+    line = rq.update("click", torch.cat([genuine, noise]))
+    w = bounded(quantile_noise_weight(torch.cat([genuine, noise]), line))
+    assert float(w[400:].mean()) < 0.2 * float(w[:400].mean())
+    assert rq.value("click") == line and rq.value("search") is None
+
+
+def test_reducible_loss_prefers_learnable_over_noisy_and_learnt_samples() -> None:
+    loss = torch.tensor([6.0, 9.0, 0.5])  # learnable, noisy (hard for both), already learnt
+    reference = torch.tensor([1.0, 8.8, 0.4])
+    score = reducible_loss(loss, reference)
+    assert int(score.argmax()) == 0 and float(score[1]) < 0.5 and float(score[2]) < 0.5
+
+
+def test_every_estimator_gives_bounded_weights_of_mean_about_one() -> None:
+    g = torch.Generator().manual_seed(2)
+    items = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    ctx = F.normalize(torch.randn(64, 8, generator=g), dim=1)
+    target = torch.randint(30, (64,), generator=g)
+    loss = catalog_loss(ctx, items, target)
+    for name in ESTIMATORS:
+        w = bounded(estimator_score(name, loss, context=ctx, item_vecs=items, target=target,
+                                    reference_loss=loss * 0.5, line=float(loss.median())))
+        assert w.shape == (64,) and float(w.min()) >= 0.1 and float(w.max()) <= 4.0, name
+        assert 0.7 <= float(w.mean()) <= 1.3, name
+
+
+def test_the_estimator_setting_is_validated_and_names_its_variable() -> None:
+    assert Settings.from_env({"COLDSTART_IMPORTANCE_ESTIMATOR": "reducible_loss"}).importance_estimator == "reducible_loss"
+    with pytest.raises(ConfigError, match="COLDSTART_IMPORTANCE_ESTIMATOR='gradnorm'"):
+        Settings.from_env({"COLDSTART_IMPORTANCE_ESTIMATOR": "gradnorm"})
+    with pytest.raises(ValueError, match="noise line"):
+        estimator_score("loss_quantile", torch.ones(2))

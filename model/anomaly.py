@@ -1,0 +1,135 @@
+"""Bot-like users: flagged from bounded per-user counters, so their events stay out of learning.
+
+A user whose behaviour is not human poisons three things at once: the training samples (thousands of
+clicks the trainer would learn from), the popularity prior every cold user sees, and the importance
+statistics. The worker asks :class:`ActivityGuard` about every parsed event *before* it is applied;
+a flagged event goes to the DLQ with the reason as its label (counted by reason, never dropped
+silently) and changes no profile, popularity count or sample.
+
+Rules (each a count within a time window, in event time so a replay flags the same users):
+
+* ``impossible_rate``: ``burst_events`` events within ``burst_window_s`` (default 20 in 60 s: one
+  click every 3 s for a minute, sustained, is a script, not a shopper);
+* ``click_flood``: ``flood_events`` events within ``flood_window_s`` (default 200 in a day);
+* ``same_item_repeated``: ``same_item_clicks`` clicks of one item (default 30; people re-open a
+  product a few times, not dozens).
+
+Once flagged, a user stays flagged (for the life of the guard, bounded by ``max_users`` LRU): a bot
+that slows down is still a bot, and its earlier events were the evidence.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+__all__ = ["ActivityGuard", "AnomalyRules", "UserActivity", "bot_reason"]
+
+
+@dataclass(frozen=True)
+class AnomalyRules:
+    burst_events: int = 20
+    burst_window_s: float = 60.0
+    flood_events: int = 200
+    flood_window_s: float = 86_400.0
+    same_item_clicks: int = 30
+    max_items_tracked: int = 64  # per user: the item counter is bounded too
+
+    def __post_init__(self) -> None:
+        if min(self.burst_events, self.flood_events, self.same_item_clicks, self.max_items_tracked) < 2:
+            raise ValueError(f"anomaly thresholds must be at least 2: {self}")
+
+
+@dataclass
+class UserActivity:
+    """The counters of one user: recent event times (bounded) and per-item click counts (bounded)."""
+
+    times: deque = field(default_factory=deque)
+    item_clicks: dict[str, int] = field(default_factory=dict)
+    flagged: str | None = None
+    seen: deque = field(default_factory=lambda: deque(maxlen=256))  # event ids: a redelivery counts once
+
+
+def span_of_last(times: deque, n: int) -> float | None:
+    """Seconds covered by the last ``n`` event times, or None with fewer than ``n``.
+
+    >>> span_of_last(deque([0.0, 5.0, 9.0, 10.0]), 3)
+    5.0
+    >>> span_of_last(deque([0.0]), 3) is None
+    True
+    """
+    if len(times) < n:
+        return None
+    last = list(times)[-n:]
+    return max(last) - min(last)
+
+
+def bot_reason(activity: UserActivity, rules: AnomalyRules) -> str | None:
+    """The first rule the counters break, or None: a pure function of the counters.
+
+    >>> rules = AnomalyRules(burst_events=3, burst_window_s=10.0)
+    >>> bot_reason(UserActivity(times=deque([0.0, 2.0, 4.0])), rules)
+    'impossible_rate'
+    >>> bot_reason(UserActivity(times=deque([0.0, 20.0, 40.0])), rules) is None
+    True
+    >>> bot_reason(UserActivity(times=deque([0.0]), item_clicks={"i": 30}), rules)
+    'same_item_repeated'
+    """
+    span = span_of_last(activity.times, rules.burst_events)
+    if span is not None and span < rules.burst_window_s:
+        return "impossible_rate"
+    span = span_of_last(activity.times, rules.flood_events)
+    if span is not None and span < rules.flood_window_s:
+        return "click_flood"
+    if activity.item_clicks and max(activity.item_clicks.values()) >= rules.same_item_clicks:
+        return "same_item_repeated"
+    return None
+
+
+class ActivityGuard:
+    """Per-user counters for the users one worker owns (bounded LRU) and the flag for each event.
+
+    >>> guard = ActivityGuard(AnomalyRules(burst_events=3, burst_window_s=10.0))
+    >>> [guard.observe("bot", float(t), "i1") for t in range(4)]
+    [None, None, 'impossible_rate', 'impossible_rate']
+    >>> guard.observe("human", 0.0, "i1") is None
+    True
+    """
+
+    def __init__(self, rules: AnomalyRules | None = None, max_users: int = 200_000) -> None:
+        self.rules = rules or AnomalyRules()
+        self.max_users = max_users
+        self._users: OrderedDict[str, UserActivity] = OrderedDict()
+        self.flagged_events: dict[str, int] = {}
+
+    def observe(self, user_id: str, ts: float, item_id: str | None = None, event_id: str | None = None) -> str | None:
+        """Count one event (``item_id`` for a click) and return the reason to flag it, or None.
+
+        An ``event_id`` seen before (at-least-once redelivery) is not counted again.
+        """
+        activity = self._users.pop(user_id, None) or UserActivity()
+        self._users[user_id] = activity  # most recently used last
+        while len(self._users) > self.max_users:
+            self._users.popitem(last=False)
+        if event_id is not None:
+            if event_id in activity.seen:
+                return activity.flagged
+            activity.seen.append(event_id)
+        rules = self.rules
+        activity.times.append(float(ts))
+        while len(activity.times) > max(rules.burst_events, rules.flood_events):
+            activity.times.popleft()
+        if item_id is not None:
+            clicks = activity.item_clicks
+            clicks[item_id] = clicks.get(item_id, 0) + 1
+            if len(clicks) > rules.max_items_tracked:
+                del clicks[min(clicks, key=clicks.__getitem__)]
+        if activity.flagged is None:
+            activity.flagged = bot_reason(activity, rules)
+        if activity.flagged is not None:
+            self.flagged_events[activity.flagged] = self.flagged_events.get(activity.flagged, 0) + 1
+        return activity.flagged
+
+    def is_flagged(self, user_id: str) -> bool:
+        activity = self._users.get(user_id)
+        return activity is not None and activity.flagged is not None
