@@ -78,11 +78,6 @@ class Settings:
     importance_estimator: str = "loss"  # uniform | loss | loss_quantile | grad_norm | reducible_loss
     anomaly_guard: bool = True  # flag bot-like users' events to the DLQ before they are applied
 
-    def __post_init__(self) -> None:  # issue 10: an unknown estimator is a ConfigError naming the variable
-        from coldstart.model.estimators import check_estimator
-
-        check_estimator(self.importance_estimator, PREFIX + "IMPORTANCE_ESTIMATOR")
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         """Build settings from ``COLDSTART_<FIELD>`` variables, then ``overrides`` (None = unset)."""
@@ -108,6 +103,9 @@ class Settings:
         for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        from coldstart.model.estimators import check_estimator  # the model layer owns the names
+
+        check_estimator(self.importance_estimator, PREFIX + "IMPORTANCE_ESTIMATOR")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
