@@ -55,10 +55,18 @@ class BatchProcessor:
         fresh: list[UserEvent] = []
         duplicates = 0
         batch_ids: set[str] = set()
+        # Issue 8: an event already in its user's stored state but redelivered (a worker killed after
+        # its RocksDB write, before the offset commit) may have lost its changelog record and training
+        # sample with the killed producer: its state is written again and its sample sent again (the
+        # trainer drops duplicate sample ids); the profile does not change.
+        redelivered: list[UserEvent] = []
         for ev in events:
             state = profiles.get(ev.user_id)
             if ev.event_id in batch_ids or (state is not None and ev.event_id in state.seen):
                 duplicates += 1
+                if ev.event_id not in batch_ids:
+                    redelivered.append(ev)
+                    batch_ids.add(ev.event_id)
                 continue
             batch_ids.add(ev.event_id)
             fresh.append(ev)
@@ -76,32 +84,35 @@ class BatchProcessor:
         model.items.refresh(model.encoder, model.cache, only=[c.item_id for c in clicks])
 
         # 3. Every distinct text of the batch encoded once (cache by version and text).
-        texts = sorted({e.query for e in fresh if e.query})
+        scored = fresh + redelivered
+        texts = sorted({e.query for e in scored if e.query})
         text_vecs = model.cache.encode(model.encoder, texts) if texts else None
         text_row = {t: i for i, t in enumerate(texts)}
         encode_seconds = time.perf_counter() - t0
 
         # 4. Importance with the current model, per event, before it joins the profile.
         item_vecs, item_valid = model.items.matrix()
-        weights = self._importance(fresh, profiles, text_vecs, text_row, item_vecs, item_valid)
+        weights = self._importance(scored, profiles, text_vecs, text_row, item_vecs, item_valid)
 
         # 5. Apply to the bounded per-user state.
         touched: dict[str, ProfileState] = {}
         importance: dict[str, list[float]] = {"search": [], "click": []}
         samples: list[TrainingSample] = []
         n_valid = max(int(item_valid.sum()), 2)
-        pweights = profile_weights([ev.kind for ev in fresh], [loss for _, loss in weights], n_valid)
-        for ev, (w, loss), pweight in zip(fresh, weights, pweights):
+        # Redelivered events (scored after ``fresh``) only re-send their sample: no profile change.
+        pweights = profile_weights([ev.kind for ev in fresh], [loss for _, loss in weights[:len(fresh)]], n_valid)
+        for i, (ev, (w, loss)) in enumerate(zip(scored, weights)):
             state = touched.get(ev.user_id) or profiles.get(ev.user_id) or ProfileState(ev.user_id)
             touched[ev.user_id] = state
             prior = state.n_events
             history = " ; ".join(e.text or "" for e in state.events[-3:] if e.text)
-            state.add(
-                RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
-                            item_id=ev.item_id if isinstance(ev, ClickEvent) else None,
-                            weight=pweight),
-                max_events=s.recent_events, max_seen=s.seen_event_ids)
-            importance[ev.kind].append(w)
+            if i < len(fresh):
+                state.add(
+                    RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
+                                item_id=ev.item_id if isinstance(ev, ClickEvent) else None,
+                                weight=pweights[i]),
+                    max_events=s.recent_events, max_seen=s.seen_event_ids)
+                importance[ev.kind].append(w)
             if isinstance(ev, ClickEvent) and ev.item_id in model.items.row:
                 row = model.items.row[ev.item_id]
                 samples.append(TrainingSample(

@@ -252,10 +252,26 @@ class Trainer:
         try:
             await self._consumer.start()
             await self._producer.start()
+            await self.reannounce_current()
         except KafkaError as exc:
             await self.stop()
             raise KafkaUnavailable(f"no Kafka broker answers at {s.bootstrap_servers} ({exc}); start one with "
                                    "`coldstart kafka start` or set COLDSTART_BOOTSTRAP_SERVERS") from exc
+
+    async def reannounce_current(self) -> str | None:
+        """Announce ``CURRENT`` when ``model.versions`` names another version (issue 8): a trainer that
+        crashed after moving CURRENT but before announcing would leave the workers on the old version
+        forever. Returns the version announced, or None when the topic already agrees."""
+        current = self.registry.current()
+        if current is None:
+            return None
+        announced = await latest_announcement(self.settings)
+        if announced is not None and announced.version == current:
+            return None
+        log.warning("model.versions announces %s but the registry's CURRENT is %s: announcing %s",
+                    announced.version if announced else "nothing", current, current)
+        await self.announce(current, "publish")
+        return current
 
     async def stop(self) -> None:
         if self._round_task is not None:
@@ -393,6 +409,34 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
                     "created_ts": manifest.get("created_ts"), "data_window": manifest.get("data_window"),
                     "metrics": manifest.get("metrics", {}), "uri": redact_uri(registry.version_uri(version))})
     return out
+
+
+async def latest_announcement(settings: Settings, timeout_s: float = 10.0) -> contract.ModelAnnouncement | None:
+    """The newest record on the compacted ``model.versions`` topic (None: empty or unreadable)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, client_id=f"{settings.app_id}-trainer-versions")
+    await consumer.start()
+    try:
+        tp = TopicPartition(contract.MODEL_VERSIONS, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return None
+        consumer.seek(tp, end - 1)  # compaction never removes the newest record
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            messages = batch.get(tp, [])
+            if messages:
+                try:
+                    return contract.ModelAnnouncement.loads(messages[-1].value)
+                except BadEvent:
+                    return None  # a corrupt record: announcing CURRENT over it is right
+        return None
+    finally:
+        await consumer.stop()
 
 
 async def _announce_once(settings: Settings, registry: Registry, version: str, action: str) -> None:

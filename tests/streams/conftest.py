@@ -40,10 +40,11 @@ class WorkerProcess:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # any 127.x.y.z: two workers may share a port on distinct loopback addresses
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> "WorkerProcess":
         env = {
@@ -52,6 +53,7 @@ class WorkerProcess:
             "COLDSTART_APP_ID": self.app_id,
             "COLDSTART_DATA_DIR": str(self.data_dir),
             "COLDSTART_WEB_PORT": str(self.port),
+            "COLDSTART_WEB_HOST": self.host,
             "COLDSTART_PARTITIONS": "2",
             "COLDSTART_DEVICE": "cpu",
             # A killed member is replaced only after the session timeout: keep it short for tests.
