@@ -209,6 +209,10 @@ class Worker:
                 "status": "ok" if ready else "starting",
                 "model_version": self.model.version,
                 "items": len(self.model.items),
+                # Issue 9: what an evaluation waits for before ranking (items with a vector; clicks the
+                # batch path has learned from and counted in the stream statistics).
+                "items_ready": int(self.model.items.valid[: len(self.model.items)].sum()),
+                "clicks_learned": self.recommender.clicks_learned,
                 "device": str(self.model.device),
             }, status=200 if ready else 503)
 

@@ -53,6 +53,7 @@ class Recommender:
         self.model = model
         self.stats = stats or StreamStats(popularity_half_life_s=model.items.half_life_s)
         self.ranker = ranker or LinearRanker()
+        self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -140,6 +141,7 @@ class Recommender:
                 if bool(sig.valid[row]):
                     self.ranker.learn_one(sig.features, row, mask=sig.valid)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
+            self.clicks_learned += 1
 
     # ------------------------------------------------------------------------------ serving
     def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:

@@ -126,12 +126,24 @@ class LiveClient:
         return await self._get("/health")
 
     async def wait_items(self, at_least: int) -> bool:
+        """Until the worker holds ``at_least`` items with a vector (rows without one cannot be ranked)."""
+        return await self._wait_health("items_ready", "items", at_least)
+
+    async def wait_clicks(self, at_least: int) -> bool:
+        """Until the worker's batch path has learned ``at_least`` clicks: the ranker and the stream
+        statistics then saw every earlier click, as the in-process mode does (exact prequential order)."""
+        return await self._wait_health("clicks_learned", None, at_least)
+
+    async def _wait_health(self, field: str, fallback: str | None, at_least: int) -> bool:
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             body = await self.health()
-            if body is not None and body.get("items", 0) >= at_least:
-                return True
-            await asyncio.sleep(0.02)
+            if body is not None:
+                if field not in body and fallback is None:
+                    return True  # an older worker: nothing to wait for
+                if body.get(field, body.get(fallback, 0)) >= at_least:
+                    return True
+            await asyncio.sleep(0.01)
         return False
 
     async def rank_when_ready(self, user: str, expected: int) -> tuple[list[str], int, bool]:
@@ -185,6 +197,7 @@ class DeadLetterWatch:
         self.ns = namespace
         self.by_reason: dict[str, int] = {}
         self.event_ids: dict[str, set[str]] = defaultdict(set)  # user -> rejected event ids
+        self.clicks: set[str] = set()  # rejected clicks (never learned)
         self._task: asyncio.Task | None = None
         self._consumer = None
 
@@ -204,6 +217,7 @@ class DeadLetterWatch:
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
+        from coldstart import contract
         from coldstart.contract import DeadLetter
 
         async for msg in self._consumer:
@@ -217,7 +231,9 @@ class DeadLetterWatch:
             if self.ns and not user.startswith(self.ns):
                 continue
             self.by_reason[letter.reason] = self.by_reason.get(letter.reason, 0) + 1
-            self.event_ids[user[len(self.ns):]].add(event_id)
+            self.event_ids[user[len(self.ns):]].add(event_id.removeprefix(self.ns))
+            if letter.topic == contract.CLICK:
+                self.clicks.add(event_id)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -254,7 +270,10 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
     pending_query: dict[str, str] = {}
     items: set[str] = set()
     items_dirty = False
-    base_items = ((await live.health()) or {}).get("items", 0) if namespace else 0
+    first = (await live.health()) or {}
+    base_items = first.get("items_ready", first.get("items", 0)) if namespace else 0
+    base_clicks = first.get("clicks_learned", 0)
+    clicks_sent: set[str] = set()  # distinct click ids replayed (the worker learns each once)
     dead = DeadLetterWatch(bootstrap, namespace)
     await dead.start()
 
@@ -288,6 +307,8 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                         log.warning("the worker's item index did not catch up within %.0f s", live.timeout_s)
                     items_dirty = False
                 await send_ahead(index)
+                if clicks_sent and not await live.wait_clicks(base_clicks + len(clicks_sent - dead.clicks)):
+                    log.warning("the worker did not learn the earlier clicks within %.0f s", live.timeout_s)
                 query = pending_query.get(user) if TASKS[task] else None
                 ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
                 expected = len(applied[user])
@@ -306,6 +327,8 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                 items.add(item)
             if index not in sent:
                 await send(index)
+                if event.type == "click":
+                    clicks_sent.add(namespace + str(event.value.get("event_id")))
             if event.type == "item":
                 items.add(event.key)
                 items_dirty = True
