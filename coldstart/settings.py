@@ -60,6 +60,12 @@ class Settings:
     announce_secret: str = dataclasses.field(default="", repr=False)
     # When set, GET /users/... needs "Authorization: Bearer <token>" (health and metrics stay open).
     api_token: str = dataclasses.field(default="", repr=False)
+    # Kafka client security, passed to every client (Faust, aiokafka, kafka-python; kafka_security.py).
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SSL | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
+    kafka_ssl_cafile: str = ""  # CA bundle for SSL/SASL_SSL; empty = the system's trust store
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
