@@ -77,6 +77,12 @@ class Settings:
     # Importance estimators and bot control (issue 10)
     importance_estimator: str = "loss"  # uniform | loss | loss_quantile | grad_norm | reducible_loss
     anomaly_guard: bool = True  # flag bot-like users' events to the DLQ before they are applied
+    # Kafka client security, passed to every client (Faust, aiokafka, kafka-python; kafka_security.py).
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SSL | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = dataclasses.field(default="", repr=False)
+    kafka_ssl_cafile: str = ""  # CA bundle for SSL/SASL_SSL; empty = the system's trust store
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -115,6 +115,7 @@ class Worker:
             # owners. Off (issue 12): recommendations are the only per-user view, behind the API token.
             web_tables_enabled=False,
             web_router_enabled=False,
+            broker_credentials=kafka_credentials(s),
         )
         setup_prometheus_sensors(app, pattern="/metrics", registry=self.registry)
 
@@ -450,6 +451,19 @@ def internal_error(exc: BaseException) -> BadEvent:
     'internal:OverflowError'
     """
     return BadEvent(f"internal:{type(exc).__name__}", str(exc)[:500])
+
+
+def kafka_credentials(s: Settings):
+    """Faust's form of the Kafka security settings (the other clients use coldstart.kafka_security)."""
+    from coldstart.kafka_security import aiokafka_options
+
+    options = aiokafka_options(s)  # validates the settings
+    if not options:
+        return None
+    if "sasl_mechanism" not in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                                 mechanism=s.kafka_sasl_mechanism, ssl_context=options.get("ssl_context"))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from coldstart.kafka_security import aiokafka_options
+
 from coldstart.errors import BadEvent
 from coldstart.settings import Settings
 from coldstart.model.items import ClickEvidence
@@ -53,6 +55,7 @@ class CatalogReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id=f"{self.settings.app_id}-catalog-reader",
+            **aiokafka_options(self.settings),
         )
         await consumer.start()
         try:

@@ -23,6 +23,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from coldstart.errors import ArtifactRefused, BadEvent
+from coldstart.kafka_security import aiokafka_options
 from coldstart.settings import Settings
 from coldstart.model.registry import Registry
 from coldstart.model.serving import ServingModel
@@ -31,6 +32,10 @@ from coldstart.streams.catalog import follow_forever
 from coldstart.contract import ModelAnnouncement, announce_key, redact_uri
 
 log = logging.getLogger(__name__)
+
+# Labels of coldstart_model_swaps_refused_total: announcement not verifiable (the first three), not a
+# record at all, or a version whose artifact does not verify or load.
+REFUSAL_REASONS = ("unsigned", "bad_signature", "replayed", "bad_announcement", "verification", "load")
 
 
 class ModelSwapper:
@@ -42,6 +47,8 @@ class ModelSwapper:
         self.last_refused: str | None = None
         self._key = announce_key(settings.announce_secret)
         self._applied_ts = float("-inf")  # announced_ts of the announcement in service
+        for reason in REFUSAL_REASONS:  # a series that starts at 0, so the first refusal shows in increase()
+            worker.metrics.swaps_refused.labels(reason)
         if not settings.announce_secret:
             log.warning("COLDSTART_ANNOUNCE_SECRET is not set: model announcements are checked against the "
                         "public development key, so anyone who can write to model.versions can switch "
@@ -54,7 +61,8 @@ class ModelSwapper:
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=f"{self.settings.app_id}-model-watcher")
+            auto_offset_reset="earliest", client_id=f"{self.settings.app_id}-model-watcher",
+            **aiokafka_options(self.settings))
         await consumer.start()
         try:
             tp = TopicPartition(contract.MODEL_VERSIONS, 0)

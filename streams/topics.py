@@ -51,6 +51,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     Returns the names of the topics it created.
     """
     from kafka.admin import KafkaAdminClient, NewTopic
+
+    from coldstart.kafka_security import kafka_python_options
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     try:
@@ -58,6 +60,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             bootstrap_servers=settings.bootstrap_servers,
             client_id=f"{settings.app_id}-admin",
             request_timeout_ms=int(timeout_s * 1000),
+            **kafka_python_options(settings),
         )
     except KafkaError as exc:
         raise KafkaUnavailable(

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from coldstart.errors import BadEvent, ConfigError, KafkaUnavailable
+from coldstart.kafka_security import aiokafka_options
 from coldstart.settings import Settings
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
@@ -246,9 +247,9 @@ class Trainer:
             client_id=f"{s.app_id}-trainer", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
-            max_poll_records=self.config.poll_max_records)
+            max_poll_records=self.config.poll_max_records, **aiokafka_options(s))
         self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all",
-                                          client_id=f"{s.app_id}-trainer")
+                                          client_id=f"{s.app_id}-trainer", **aiokafka_options(s))
         try:
             await self._consumer.start()
             await self._producer.start()
@@ -444,7 +445,7 @@ async def _announce_once(settings: Settings, registry: Registry, version: str, a
     from aiokafka.errors import KafkaError
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
-                                client_id=f"{settings.app_id}-models")
+                                client_id=f"{settings.app_id}-models", **aiokafka_options(settings))
     try:
         await producer.start()
         record = announcement(registry, version, action, secret=settings.announce_secret)

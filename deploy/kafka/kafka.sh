@@ -11,7 +11,9 @@
 # Settings: flags win over COLDSTART_KAFKA_VERSION / _PORT / _DIR / _CONTROLLER_PORT, then defaults
 # (4.0.0, 9092, var/kafka relative to the current directory, controller port = first free from P+1).
 # Tunables: COLDSTART_KAFKA_HEAP (default 512m), COLDSTART_KAFKA_START_TIMEOUT (60 s),
-# COLDSTART_KAFKA_STOP_TIMEOUT (30 s).
+# COLDSTART_KAFKA_STOP_TIMEOUT (30 s). With COLDSTART_KAFKA_SASL_USERNAME and _PASSWORD set, the client
+# listener is SASL_PLAINTEXT with mechanism PLAIN and that one user (the same variables configure
+# coldstart's clients), to test authenticated clients locally.
 # Exit status: 0 ok (status: running), 1 failure, 2 usage error, 3 status: stopped.
 set -euo pipefail
 
@@ -23,9 +25,11 @@ controller_port="${COLDSTART_KAFKA_CONTROLLER_PORT:-}"
 heap="${COLDSTART_KAFKA_HEAP:-512m}"
 start_timeout="${COLDSTART_KAFKA_START_TIMEOUT:-60}"
 stop_timeout="${COLDSTART_KAFKA_STOP_TIMEOUT:-30}"
+sasl_user="${COLDSTART_KAFKA_SASL_USERNAME:-}"
+sasl_password="${COLDSTART_KAFKA_SASL_PASSWORD:-}"
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 die() { echo "kafka.sh: $*" >&2; exit 1; }
@@ -73,7 +77,7 @@ broker_pid() {  # prints the pid of this directory's broker if it is alive, else
 }
 
 configured_port() {  # the port a (possibly running) broker in $dir was started with
-  sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9]*\)$|\1|p' "$dir/server.properties" 2>/dev/null
+  sed -n 's|^advertised.listeners=[A-Z_]*://127.0.0.1:\([0-9]*\)$|\1|p' "$dir/server.properties" 2>/dev/null
 }
 
 log_tail() {
@@ -132,18 +136,27 @@ pick_controller_port() {
 }
 
 write_properties() {
-  local cport="$1"
+  local cport="$1" proto=PLAINTEXT sasl_lines=""
+  if [ -n "$sasl_user" ]; then
+    [ -n "$sasl_password" ] || die "COLDSTART_KAFKA_SASL_USERNAME is set but COLDSTART_KAFKA_SASL_PASSWORD is not"
+    [[ "$sasl_user$sasl_password" != *[\"\\]* ]] || die "SASL username/password must not contain quotes or backslashes"
+    proto=SASL_PLAINTEXT
+    sasl_lines="
+sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$sasl_user\" password=\"$sasl_password\" user_$sasl_user=\"$sasl_password\";"
+  fi
   # A static single-voter quorum works the same on 3.9 and 4.x (no --standalone/dynamic quorum needed).
   cat >"$dir/server.properties" <<EOF
 # Written by deploy/kafka/kafka.sh for Apache Kafka $version; rewritten on every start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-controller.listener.names=CONTROLLER
+listeners=$proto://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$proto://127.0.0.1:$port
+listener.security.protocol.map=$proto:$proto,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=$proto
+controller.listener.names=CONTROLLER$sasl_lines
 log.dirs=$dir/data
 # Topics must be created explicitly (tests catch a missing creation).
 auto.create.topics.enable=false

@@ -118,7 +118,7 @@ def test_corrupted_artifact_is_refused_and_old_version_serves(swap_worker, kafka
     announce(kafka_bootstrap, registry, bad)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if 'coldstart_model_swaps_refused_total{reason="verification"}' in worker.metrics_text():
+        if 'coldstart_model_swaps_refused_total{reason="verification"} 1.0' in worker.metrics_text():
             break
         time.sleep(0.5)
     else:
