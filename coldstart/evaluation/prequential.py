@@ -307,8 +307,10 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                         log.warning("the worker's item index did not catch up within %.0f s", live.timeout_s)
                     items_dirty = False
                 await send_ahead(index)
-                if clicks_sent and not await live.wait_clicks(base_clicks + len(clicks_sent - dead.clicks)):
-                    log.warning("the worker did not learn the earlier clicks within %.0f s", live.timeout_s)
+                want = base_clicks + len(clicks_sent - dead.clicks)
+                if clicks_sent and not await live.wait_clicks(want):
+                    log.warning("the worker did not learn the earlier clicks within %.0f s (%s of %d)",
+                                live.timeout_s, ((await live.health()) or {}).get("clicks_learned"), want)
                 query = pending_query.get(user) if TASKS[task] else None
                 ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
                 expected = len(applied[user])
