@@ -2,8 +2,8 @@
 
 Agents hand a batch of parsed events and the current profile states to :class:`BatchProcessor` and
 write back what it returns; the web view asks ``coldstart.streams.recommender.Recommender``. Both
-use the model version in service (``ServingModel``), so every vector in one call comes from one vector space. The same code is
-what the GPU benchmark feeds in-process.
+use the model version in service (``ServingModel``), so every vector in one call comes from one vector
+space. The same code is what the GPU benchmark feeds in-process.
 """
 
 from __future__ import annotations

@@ -38,7 +38,9 @@ def run(dataset: str = typer.Argument(..., help="bestbuy[:ROWS] | amazon[:valid]
         n_boot: int = typer.Option(1000, help="bootstrap resamples for the intervals"),
         device: str = typer.Option("cpu", help="device of the in-process zero-shot encoder"),
         in_process: bool = typer.Option(False, "--in-process", help="drive the worker's code objects without a "
-                                        "broker (fast iteration; the live run is the figure of record)")) -> None:
+                                        "broker (fast iteration; the live run is the figure of record)"),
+        exact_order: bool = typer.Option(False, "--exact-order", help="live run: before each ranking wait until "
+                                         "the worker learned every earlier click (as --in-process does)")) -> None:
     """Replay DATASET through Kafka and a worker; before each click score the worker's top-K and every
     baseline's; write report.md, PNGs, results.json and rankings.jsonl."""
     from coldstart.evaluation.prequential import EvalConfig, evaluate
@@ -52,7 +54,7 @@ def run(dataset: str = typer.Argument(..., help="bestbuy[:ROWS] | amazon[:valid]
     cfg = EvalConfig(dataset=dataset, out=out, limit=limit, tasks=tuple(task), k=k, bootstrap=bootstrap_servers,
                      worker_url=worker_url, partitions=partitions, shared_data=s.shared_data, zero_shot=zero_shot,
                      exclude_clicked=exclude_clicked, n_boot=n_boot, device=device,
-                     in_process=in_process)
+                     in_process=in_process, exact_order=exact_order)
     results = evaluate(cfg)
     for name, t in results["tasks"].items():
         live = t["methods"].get("live", {}).get("cold_1_5", {})

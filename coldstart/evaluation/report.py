@@ -19,15 +19,15 @@ LIVE = "live"
 WINDOWS = 10
 # Why a baseline can beat the live scorer, in words a reader can check against the scorer's code.
 WHY = {
-    "query_memory": "the worker has no memory of which items were clicked after the same query: it "
-                    "scores the fresh search by cosine to item texts, which are themselves a blur of "
-                    "every query that led to the item, so near-identical games (sequels, editions) tie",
-    "popularity": "for a user with one or two events the worker's cosine term (weight 1 - a(n), 0.67 "
-                  "after one event) outweighs popularity, and a single event is a weak signal of the "
-                  "next click in this log",
-    "transitions": "the worker keeps no item-to-item statistics: 'bought A, then B' is invisible to a "
-                   "profile that averages text vectors",
-    "item_knn": "the worker keeps no co-occurrence statistics between items",
+    "query_memory": "the ranker has the worker's query->click memory as a feature but weighs it against "
+                    "the cosine and popularity signals it learned on earlier clicks; where one query maps "
+                    "to one item, a pure memory lookup is hard to beat",
+    "popularity": "for users with one or two events the learned weights still favour the personal signals "
+                  "more than this stream rewards; the ranker learns this only as clicks accumulate",
+    "transitions": "the worker's transition statistics are a feature of the learned ranker; early in the "
+                   "stream the ranker has not yet learned to trust them",
+    "item_knn": "co-click statistics are a feature of the learned ranker; early in the stream it has "
+                "not yet learned to trust them",
     "zeroshot_pop": "the worker's importance weights and search/click weighting move the profile away "
                     "from the plain zero-shot mean without improving it here",
     "zeroshot": "the popularity prior of the worker hurts on this stream",
