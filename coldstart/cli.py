@@ -108,6 +108,7 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
             steps: int = typer.Option(200, help="optimizer steps per round"),
             sampling: str = typer.Option("importance", help="importance | weighted_loss | uniform"),
             time_budget_s: float = typer.Option(300.0, help="wall-clock bound of one round"),
+            gate_tolerance: float = typer.Option(0.005, help="Recall@10/NDCG@10 a candidate may lose and still ship"),
             metrics_port: Optional[int] = typer.Option(6067, help="Prometheus /metrics port of the trainer"),
             device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]")) -> None:
     """Buffer training.samples, fine-tune periodically, gate, publish and announce new versions."""
@@ -120,7 +121,7 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
     console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
                   f"round every {round_every_s:.0f} s or {round_min_samples} samples")
     run_trainer(s, round_every_s=round_every_s, round_min_samples=round_min_samples, metrics_port=metrics_port,
-                steps=steps, sampling=sampling, time_budget_s=time_budget_s)
+                steps=steps, sampling=sampling, time_budget_s=time_budget_s, tolerance=gate_tolerance)
 
 
 models_app = typer.Typer(help="The model registry: list versions, roll back.", no_args_is_help=True)
@@ -210,7 +211,7 @@ def demo(events: int = typer.Option(3000, help="simulated events to replay"),
          dataset: Optional[str] = typer.Option(None, "--dataset", help="replay this log instead of the simulator"),
          duration: Optional[float] = typer.Option(None, help="stop after this many seconds (default: Ctrl-C)"),
          web_port: Optional[int] = typer.Option(None, help="[COLDSTART_WEB_PORT]")) -> None:
-    """Local Kafka (unless COLDSTART_BOOTSTRAP_SERVERS is set), a worker, and a replay of the site simulator."""
+    """Local Kafka (unless COLDSTART_BOOTSTRAP_SERVERS is set), a worker, the trainer, a replay, a swap, Prometheus."""
     from coldstart.demo import run_demo
 
     s = _settings(web_port=web_port)

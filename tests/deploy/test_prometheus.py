@@ -116,9 +116,16 @@ def wait_series(prometheus: PrometheusServer, exprs: dict[str, str], timeout: fl
 
 def test_every_alert_signal_and_panel_query_returns_series(stack, produce):
     worker, prometheus = stack
+    deadline = time.monotonic() + 60
+    while True:  # target discovery and the first scrape take a moment after /-/ready
+        targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        up = sorted(t["labels"]["job"] for t in targets if t["health"] == "up")
+        if up == ["coldstart-trainer", "coldstart-worker"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert up == ["coldstart-trainer", "coldstart-worker"], targets
+    # Traffic only once both are scraped: the refusal counter is seen at 0 first, as in production.
     drive_traffic(worker, produce)
-    targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-    assert sorted(t["labels"]["job"] for t in targets) == ["coldstart-trainer", "coldstart-worker"]
     rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} == set(alert_signals())
 
