@@ -51,7 +51,7 @@ def ssl_context(s: Settings) -> ssl.SSLContext:
 
 
 def aiokafka_options(s: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``AIOKafkaConsumer`` / ``AIOKafkaProducer`` (empty for PLAINTEXT)."""
+    """Keyword arguments for aiokafka and kafka-python clients alike (empty for PLAINTEXT)."""
     sasl, tls = _checked(s)
     if not (sasl or tls):
         return {}
@@ -64,15 +64,5 @@ def aiokafka_options(s: Settings) -> dict[str, Any]:
     return options
 
 
-def kafka_python_options(s: Settings) -> dict[str, Any]:
-    """Keyword arguments for kafka-python clients (``KafkaAdminClient``, ``KafkaProducer``)."""
-    sasl, tls = _checked(s)
-    if not (sasl or tls):
-        return {}
-    options: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
-    if sasl:
-        options.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                       sasl_plain_password=s.kafka_sasl_password)
-    if tls:
-        options["ssl_context"] = ssl_context(s)
-    return options
+# kafka-python's clients (``KafkaAdminClient``, ``KafkaProducer``) take the very same keywords.
+kafka_python_options = aiokafka_options

@@ -319,17 +319,7 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                 query = pending_query.get(user) if TASKS[task] else None
                 ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
                 expected = len(applied[user])
-                run.stale += stale
-                common = dict(task=task, click=run.clicks, event_id=str(event.value.get("event_id")),
-                              user=user, ts=event.ts, prior=expected,
-                              prior_clicks=len(clicked[user]), query=query)
-                run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
-                skip = set(clicked[user]) if exclude_clicked else set()
-                for b in baselines:
-                    ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
-                    run.rankings.append(_ranked(b.name, ranked, item, **common))
-                run.clicks += 1
-                clicked[user].append(item)
+                record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked)
                 pending_query.pop(user, None)
                 items.add(item)
             if index not in sent:
@@ -403,17 +393,8 @@ def run_task_in_process(stream: Sequence[ReplayEvent], task: str, baselines: Seq
             query = pending_query.get(user) if TASKS[task] else None
             ranking = pipeline.rank(user, query, k)
             stale = pipeline.n_events(user) < expected
-            run.stale += stale
             check_dead_letters(pipeline.dead_letters, sum(sent.values()))
-            common = dict(task=task, click=run.clicks, event_id=str(event.value.get("event_id")),
-                          user=user, ts=event.ts, prior=expected, prior_clicks=len(clicked[user]), query=query)
-            run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
-            skip = set(clicked[user]) if exclude_clicked else set()
-            for b in baselines:
-                ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
-                run.rankings.append(_ranked(b.name, ranked, item, **common))
-            run.clicks += 1
-            clicked[user].append(item)
+            record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked)
             pending_query.pop(user, None)
             items.add(item)
         pipeline.learn_one(event)
@@ -448,6 +429,26 @@ def check_dead_letters(dead: dict[str, int], sent: int, *, min_sent: int = 20, m
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(dead.items(), key=lambda kv: -kv[1]))
         raise ColdstartError(f"the worker dead-lettered {total} of {sent} replayed events ({reasons}); "
                              "fix the replay (see events.dlq for each record's reason)")
+
+
+def record_click(run: TaskRun, event: ReplayEvent, ranking: list[str], stale: bool, prior: int,
+                 clicked: dict[str, list[str]], query: str | None, baselines: Sequence[Baseline], k: int,
+                 exclude_clicked: bool) -> None:
+    """Score one click for the system (``ranking``) and every baseline, then remember the click.
+
+    Shared by the live and the in-process runs, so both record exactly the same fields.
+    """
+    user, item = event.key, str(event.value["item_id"])
+    run.stale += stale
+    common = dict(task=run.task, click=run.clicks, event_id=str(event.value.get("event_id")), user=user,
+                  ts=event.ts, prior=prior, prior_clicks=len(clicked[user]), query=query)
+    run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
+    skip = set(clicked[user]) if exclude_clicked else set()
+    for b in baselines:
+        ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
+        run.rankings.append(_ranked(b.name, ranked, item, **common))
+    run.clicks += 1
+    clicked[user].append(item)
 
 
 def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = False, **common) -> Ranking:
