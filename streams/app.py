@@ -124,7 +124,6 @@ class Worker:
         user_events = app.topic(*contract.USER_TOPICS, **raw)
         catalog = app.topic(contract.CATALOG, **raw)
         self.dlq_topic = app.topic(contract.DLQ, value_type=bytes, value_serializer="raw")
-        self.samples_topic = app.topic(contract.SAMPLES, **raw)
         self.profiles = app.Table(
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
             help="user id -> ProfileState (bounded recent events, vector, model version)")
@@ -320,8 +319,7 @@ class Worker:
                 continue
             reason = self.guard and self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
             if reason:  # issue 10: never applied to profiles, popularity or samples; visible in the DLQ
-                with event_context(event):
-                    await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
+                await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
                 continue
             parsed.append((ev, event))
         if parsed:

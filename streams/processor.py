@@ -204,28 +204,17 @@ SEARCH_PROFILE_WEIGHT = 0.7
 PROFILE_NOISE_MARGIN = 1.0
 
 
-def profile_weight(kind: str, loss: float, n_items: int) -> float:
-    """How much one event counts in its user's profile, fixed when it is scored.
+def profile_weights(kinds: Sequence[str], losses: Sequence[float], n_items: int) -> list[float]:
+    """How much each event counts in its user's profile, fixed when it is scored (one tensor call).
 
     A click counts fully unless the current model finds it far less likely than a uniform guess
-    (normalised loss beyond 1 + PROFILE_NOISE_MARGIN) (a likely mis-click: ``coldstart.model.importance.plausibility``, the RHO-LOSS side of
-    the importance). A click not scored yet (loss 0: its item had no vector) counts fully. A search
-    counts 0.7 of a click: it states an intent, a click confirms one.
+    (normalised loss beyond 1 + PROFILE_NOISE_MARGIN: a likely mis-click,
+    ``coldstart.model.importance.plausibility``, the RHO-LOSS side of the importance). A click not
+    scored yet (loss 0: its item had no vector) counts fully. A search counts 0.7 of a click: it states
+    an intent, a click confirms one.
 
-    >>> profile_weight("click", 0.5, 100), round(profile_weight("click", 12.0, 100), 3), profile_weight("search", 9.0, 100)
-    (1.0, 0.546, 0.7)
-    """
-    if kind != "click":
-        return SEARCH_PROFILE_WEIGHT
-    return float(plausibility(torch.tensor([loss]), n_items, PROFILE_NOISE_MARGIN)[0])
-
-
-def profile_weights(kinds: Sequence[str], losses: Sequence[float], n_items: int) -> list[float]:
-    """:func:`profile_weight` of many events in one tensor call (the batch path's form).
-
-    >>> profile_weights(["click", "click", "search"], [0.5, 12.0, 9.0], 100) == [
-    ...     profile_weight("click", 0.5, 100), profile_weight("click", 12.0, 100), 0.7]
-    True
+    >>> [round(w, 3) for w in profile_weights(["click", "click", "search"], [0.5, 12.0, 9.0], 100)]
+    [1.0, 0.546, 0.7]
     """
     if not kinds:
         return []
@@ -237,7 +226,7 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
     """Vectors, weights and owners of the recent events of ``states`` in the serving vector space.
 
     A search contributes its query; a click its item (or its query while the item has no vector).
-    Weight = the event's stored ``profile_weight`` x recency relative to the user's newest event (event time, so a
+    Weight = the event's stored profile weight (``profile_weights``) x recency relative to the user's newest event (event time, so a
     replay gives the same profile as the live stream).
     """
     texts = sorted({e.text for st in states for e in st.events if e.text})
