@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,6 +142,8 @@ class EmbeddingCache:
         self.hits = 0
         self.misses = 0
         self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        # The worker's writer thread (batches) and the event loop (recommendations) share one cache.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -160,19 +163,20 @@ class EmbeddingCache:
         rows = self._rows
         found: dict[str, torch.Tensor] = {}
         missing: list[str] = []
-        for text in texts:
-            if text in found:
-                continue
-            key = (version, text)
-            vec = rows.get(key)
-            if vec is None:
-                found[text] = None  # type: ignore[assignment]  # placeholder: encoded below
-                missing.append(text)
-            else:
-                rows.move_to_end(key)
-                found[text] = vec
-        self.misses += len(missing)
-        self.hits += n - len(missing)
+        with self._lock:  # bookkeeping only: the encoder runs outside the lock
+            for text in texts:
+                if text in found:
+                    continue
+                key = (version, text)
+                vec = rows.get(key)
+                if vec is None:
+                    found[text] = None  # type: ignore[assignment]  # placeholder: encoded below
+                    missing.append(text)
+                else:
+                    rows.move_to_end(key)
+                    found[text] = vec
+            self.misses += len(missing)
+            self.hits += n - len(missing)
         if missing:
             fresh = encoder.encode(missing)
             if len(missing) == n:
@@ -186,6 +190,10 @@ class EmbeddingCache:
         return torch.stack([found[t] for t in texts])
 
     def _store(self, version: str, texts: list[str], vecs: torch.Tensor) -> None:
+        with self._lock:
+            self._store_locked(version, texts, vecs)
+
+    def _store_locked(self, version: str, texts: list[str], vecs: torch.Tensor) -> None:
         rows = self._rows
         # Only the newest `capacity` rows can survive; each is cloned so a cached row does not keep
         # its whole encode batch alive (the memory bound would otherwise be capacity x batch size).

@@ -120,11 +120,14 @@ class StreamStats:
             return 0.0
         return self.pop.get(item_id, 0.0) * 2.0 ** ((self.pop_origin - now) / self.half_life_s)
 
+    # Readers (the recommendations API, on the event loop) and the writer thread share these dicts:
+    # ``list(d.items())`` copies in one C call under the GIL, so a reader never iterates a dict that the
+    # writer resizes meanwhile ("dictionary changed size during iteration").
     def neighbours(self, table: dict[str, dict[str, float]], item_id: str) -> dict[str, float]:
-        return {k: v for k, v in table.get(item_id, {}).items() if v > 0.0}
+        return {k: v for k, v in list(table.get(item_id, {}).items()) if v > 0.0}
 
     def query_items(self, query: str) -> dict[str, float]:
-        return {k: v for k, v in self.query_clicks.get(query, {}).items() if v > 0.0}
+        return {k: v for k, v in list(self.query_clicks.get(query, {}).items()) if v > 0.0}
 
     # ------------------------------------------------------------------------------ internals
     def _row(self, table: dict[str, dict[str, float]], key: str) -> dict[str, float]:

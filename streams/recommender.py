@@ -105,11 +105,11 @@ class Recommender:
         newness = torch.zeros(n, device=dev)
         if stats.pop_origin is not None:
             scale = 2.0 ** ((stats.pop_origin - now) / stats.half_life_s)
-            for item, v in stats.pop.items():
+            for item, v in list(stats.pop.items()):  # a snapshot: the writer thread updates it
                 r = items.row.get(item)
                 if r is not None and v > 0:
                     pop[r] = v * scale
-        for item, first in stats.first_seen.items():
+        for item, first in list(stats.first_seen.items()):
             r = items.row.get(item)
             if r is not None:
                 newness[r] = 0.5 ** (max(now - first, 0.0) / stats.half_life_s)

@@ -107,3 +107,43 @@ def test_same_events_give_the_same_profile_in_one_batch_or_two(processor) -> Non
     apart = processor.process(events[1:], {"u6": ProfileState.loads(first.dumps())}).profiles["u6"]
     assert together.n_events == apart.n_events == 2
     assert np.allclose(together.vector, apart.vector, atol=1e-5)
+
+
+def test_recommendations_read_while_the_writer_thread_counts_clicks(processor, model) -> None:
+    """The worker counts clicks on its writer thread while the event loop serves recommendations from
+    the same statistics and cache: a reader must never trip over a dict the writer is resizing."""
+    import threading
+
+    from coldstart.streams.recommender import Recommender
+
+    recommender = Recommender(Settings(device="cpu"), model)
+    state = processor.process([search("u7", "headphones"), click("u7", "hp", ts=TS + 1)], {}).profiles["u7"]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            # New items, users and queries (the dicts keep resizing), bounded so the reads stay fast.
+            for i in range(50_000):
+                if stop.is_set():
+                    return
+                recommender.stats.observe(f"w{i}", f"user{i % 97}", ["hp", "kb", "st", "pan"][i % 4],
+                                          TS + i, query=f"q{i % 500}")
+                recommender.stats.note_item(f"new{i}", TS + i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: provoke the interleaving
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while writer.is_alive():
+            assert recommender.recommend(state, k=3)
+    finally:
+        stop.set()
+        writer.join()
+        sys.setswitchinterval(switch)
+    assert errors == []
