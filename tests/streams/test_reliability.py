@@ -215,15 +215,19 @@ def test_kill_9_mid_batch_then_restart_on_same_data_dir_applies_every_event_once
     users = [unique("k") for _ in range(120)]
     truth = {u: 0 for u in users}
     messages, clicks = [], set()
+    # Human-paced event times (each user's events a minute apart over the last 20 minutes): a user with
+    # 20 events in one second is rightly dead-lettered by the anomaly guard as impossible_rate.
+    start = time.time() - 2400 * 0.5
     for i in range(2400):
         u = users[(i * 13) % len(users)]
+        ts = start + i * 0.5
         if i % 3 == 0:
-            ev = {"event_id": unique("c"), "user_id": u, "ts": time.time(), "item_id": f"sku-{i % 50}",
+            ev = {"event_id": unique("c"), "user_id": u, "ts": ts, "item_id": f"sku-{i % 50}",
                   "query": QUERIES[i % 4]}
             clicks.add(ev["event_id"])
             messages.append(("events.click", u, json.dumps(ev).encode()))
         else:
-            messages.append(("events.search", u, json.dumps(search(u, QUERIES[i % 4])).encode()))
+            messages.append(("events.search", u, json.dumps(search(u, QUERIES[i % 4], ts=ts)).encode()))
         truth[u] += 1
     try:
         send_all(kafka_bootstrap, messages)
