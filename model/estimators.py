@@ -9,7 +9,8 @@ from coldstart.errors import ConfigError
 
 __all__ = ["ESTIMATORS", "check_estimator"]
 
-ESTIMATORS = ("uniform", "loss", "loss_quantile", "grad_norm", "reducible_loss")
+# loss_logn is the weight before issue 10 (importance_weight's learnability: noise line at log n).
+ESTIMATORS = ("uniform", "loss", "loss_logn", "loss_quantile", "grad_norm", "reducible_loss")
 
 
 def check_estimator(name: str, variable: str = "COLDSTART_IMPORTANCE_ESTIMATOR") -> str:
@@ -20,7 +21,7 @@ def check_estimator(name: str, variable: str = "COLDSTART_IMPORTANCE_ESTIMATOR")
     >>> check_estimator("lossy")
     Traceback (most recent call last):
     ...
-    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='lossy' is not an estimator; use one of uniform, loss, loss_quantile, grad_norm, reducible_loss
+    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='lossy' is not an estimator; use one of uniform, loss, loss_logn, loss_quantile, grad_norm, reducible_loss
     """
     if name not in ESTIMATORS:
         raise ConfigError(f"{variable}={name!r} is not an estimator; use one of {', '.join(ESTIMATORS)}")

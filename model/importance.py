@@ -244,7 +244,7 @@ def reducible_loss(loss: torch.Tensor, reference_loss: torch.Tensor) -> torch.Te
 def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | None = None,
                     item_vecs: torch.Tensor | None = None, target: torch.Tensor | None = None,
                     reference_loss: torch.Tensor | None = None, line: float | None = None,
-                    temperature: float = 0.05) -> torch.Tensor:
+                    n_items: int | None = None, temperature: float = 0.05) -> torch.Tensor:
     """The raw score of estimator ``name`` for a batch (feed it to :func:`bounded` for a weight).
 
     >>> estimator_score("loss_quantile", torch.tensor([2.0, 4.0, 8.0]), line=4.0)
@@ -255,6 +255,11 @@ def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | No
         return torch.ones_like(loss, dtype=torch.float32)
     if name == "loss":
         return torch.nan_to_num(loss.float(), nan=0.0).clamp_min(0.0)
+    if name == "loss_logn":
+        n = n_items if n_items is not None else (item_vecs.shape[0] if item_vecs is not None else 0)
+        if n < 2:
+            raise ValueError("loss_logn needs the catalog size (n_items or item_vecs)")
+        return learnability(loss.float() / math.log(n))
     if name == "loss_quantile":
         if line is None:
             raise ValueError("loss_quantile needs the noise line (a RunningQuantile value)")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from coldstart.model.importance import catalog_loss, importance_weight, plausibility, search_importance
+from coldstart.errors import ConfigError
+from coldstart.model.importance import (RunningQuantile, bounded, catalog_loss, cold_factor, estimator_score,
+                                        importance_weight, plausibility, search_importance)
 from coldstart.model.items import ClickEvidence
 from coldstart.model.profile import profile_vectors, recency_weights
 from coldstart.model.serving import ServingModel
@@ -44,6 +46,11 @@ class BatchProcessor:
         # Issue 9: called with each batch's fresh events before they are applied (the recommender's
         # prequential ranker step and stream statistics); None in callers that only need profiles.
         self.click_hook = None
+        # issue 10: the click-importance estimator; its noise line follows the click-loss distribution.
+        if settings.importance_estimator == "reducible_loss":
+            raise ConfigError("COLDSTART_IMPORTANCE_ESTIMATOR=reducible_loss needs a holdout-trained reference "
+                              "model, which only `coldstart bench importance` builds; pick another estimator")
+        self.loss_line = RunningQuantile(q=0.8, alpha=0.1)
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -183,7 +190,7 @@ class BatchProcessor:
             ctx = torch.stack(contexts)
             loss = catalog_loss(ctx, valid_vecs, torch.tensor(targets, device=dev))
             p = torch.tensor([prior[i] for i in click_pos], device=dev, dtype=torch.float32)
-            w = importance_weight(loss, max(n_items, 2), p)
+            w = self._click_weights(loss, ctx, valid_vecs, torch.tensor(targets, device=dev), p, max(n_items, 2))
             for i, wi, li in zip(click_pos, w.tolist(), loss.tolist()):
                 out[i] = (wi, li)
         # Clicks the model cannot score yet (an item with no vector, no context): neutral weight,
@@ -195,6 +202,16 @@ class BatchProcessor:
             for i, wi in zip(unscored, importance_weight(uniform, max(n_items, 2), p).tolist()):
                 out[i] = (wi, 0.0)
         return out
+
+    def _click_weights(self, loss, ctx, item_vecs, target, prior, n_items: int) -> torch.Tensor:
+        """issue 10: weights of ``COLDSTART_IMPORTANCE_ESTIMATOR``; ``loss_logn`` is ``importance_weight``."""
+        name = self.settings.importance_estimator
+        if name == "loss_logn":
+            return importance_weight(loss, n_items, prior)
+        line = self.loss_line.update("click", loss) if name == "loss_quantile" else None
+        score = estimator_score(name, loss, context=ctx, item_vecs=item_vecs, target=target, line=line,
+                                n_items=n_items)
+        return (bounded(score) * cold_factor(prior)).clamp(0.1, 4.0)
 
 
 SEARCH_PROFILE_WEIGHT = 0.7
