@@ -132,6 +132,19 @@ def run_estimators(data: dict[str, torch.Tensor], *, steps: int, seeds: Sequence
     def evaluate(adapter: torch.Tensor) -> float:
         return recall_at(adapter, data["test_ctx"], items, data["test_target"])
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster than two fighting on shared cores
+    try:
+        return _run_estimators(data, evaluate, steps=steps, seeds=seeds, batch_size=batch_size,
+                               eval_every=eval_every, estimators=estimators, log=log, label=label)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_estimators(data: dict[str, torch.Tensor], evaluate: Any, *, steps: int, seeds: Sequence[int],
+                    batch_size: int, eval_every: int, estimators: Sequence[str], log: Any,
+                    label: str) -> dict[str, Any]:
+    ctx, items, target = data["ctx"], data["items"], data["target"]
     out: dict[str, Any] = {"base": evaluate(torch.eye(ctx.shape[1]))}
     reference = reference_losses(ctx, items, target) if "reducible_loss" in estimators else None
     for name in estimators:

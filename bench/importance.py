@@ -265,7 +265,7 @@ def _rel(a: float, b: float) -> float:
 
 def bench_importance(settings: Settings, *, steps: int = 200, seeds: Sequence[int] = (0, 1, 2),
                      noise: Sequence[float] = (0.0, 0.2), datasets: Sequence[str] = ("bestbuy", "amazon"),
-                     max_train: int = 4000, max_test: int = 1500, max_length: int = 32, eval_every: int = 25,
+                     max_train: int = 4000, max_test: int = 1500, max_length: int = 32, eval_every: int = 50,
                      out_dir: Any = "reports", log: Any = print) -> dict:
     """``coldstart bench importance``: every estimator side by side (``coldstart.bench.estimators``).
 
