@@ -135,12 +135,16 @@ def encode_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length
 def fine_tune(encoder: TextEncoder, samples: pa.Table, *, steps: int, batch_size: int, lr: float,
               sampling: Sampling = "importance", time_budget_s: float = 300.0, seed: int = 0,
               weight_decay: float = 0.01, max_grad_norm: float = 1.0,
-              freeze_word_embeddings: bool = True) -> RoundResult:
+              freeze_word_embeddings: bool = True, mixed_precision: bool | None = None) -> RoundResult:
     """Train a copy of ``encoder.module`` for up to ``steps`` steps or ``time_budget_s`` seconds.
 
     The word-embedding table is frozen by default: its gradient is dense over the whole vocabulary
     (half of MiniLM's parameters) while a round touches a few hundred tokens, so training it costs
     most of the optimiser time and only lets rare tokens drift.
+
+    ``mixed_precision`` (default: on for CUDA, off on CPU) runs the forward passes under bf16
+    autocast; the weights, the optimiser state and the loss stay float32, and bf16 needs no loss
+    scaling (its exponent range is float32's).
     """
     if samples.num_rows < 2:
         raise ValueError(f"a round needs at least 2 samples, got {samples.num_rows}")
@@ -159,6 +163,8 @@ def fine_tune(encoder: TextEncoder, samples: pa.Table, *, steps: int, batch_size
     item_ids = samples.column("item_id").to_pylist()
     weights = torch.tensor(samples.column("weight").to_pylist(), dtype=torch.float64)
     batch_size = min(batch_size, samples.num_rows) if sampling != "importance" else batch_size
+    use_amp = encoder.device.type == "cuda" if mixed_precision is None else mixed_precision
+    autocast = torch.autocast(encoder.device.type, dtype=torch.bfloat16, enabled=use_amp)
     losses: list[float] = []
     stopped = False
     for _ in range(steps):
@@ -169,9 +175,10 @@ def fine_tune(encoder: TextEncoder, samples: pa.Table, *, steps: int, batch_size
         rows = idx.tolist()
         q_batch = _tokenize(encoder.tokenizer, [contexts[i] for i in rows], encoder.max_length, encoder.device)
         i_batch = _tokenize(encoder.tokenizer, [texts[i] for i in rows], encoder.max_length, encoder.device)
-        q = mean_pool(module(**q_batch).last_hidden_state, q_batch["attention_mask"])
-        v = mean_pool(module(**i_batch).last_hidden_state, i_batch["attention_mask"])
-        loss = info_nce(q, v, [item_ids[i] for i in rows], mult)
+        with autocast:
+            q = mean_pool(module(**q_batch).last_hidden_state, q_batch["attention_mask"])
+            v = mean_pool(module(**i_batch).last_hidden_state, i_batch["attention_mask"])
+        loss = info_nce(q.float(), v.float(), [item_ids[i] for i in rows], mult)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

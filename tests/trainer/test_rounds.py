@@ -104,3 +104,13 @@ def test_info_nce_masks_in_batch_copies_of_the_positive_item() -> None:
     distinct = info_nce(q, v, ["a", "b"])
     same = info_nce(q, v, ["a", "a"])  # the same item twice is not its own negative
     assert same.item() == pytest.approx(0.0, abs=1e-6) and distinct.item() > 0.1
+
+
+@pytest.mark.model
+def test_bf16_autocast_gives_the_same_first_loss_within_bf16_precision(encoder: TextEncoder) -> None:
+    """Mixed precision (the CUDA default, forced here on CPU) changes the arithmetic, not the objective."""
+    pairs = make_pairs(16)
+    full = fine_tune(encoder, pairs, steps=1, batch_size=8, lr=1e-5, sampling="uniform", mixed_precision=False)
+    amp = fine_tune(encoder, pairs, steps=1, batch_size=8, lr=1e-5, sampling="uniform", mixed_precision=True)
+    assert amp.first_loss == pytest.approx(full.first_loss, rel=0.03)
+    assert all(p.dtype == torch.float32 for p in amp.module.parameters())
