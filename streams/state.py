@@ -1,5 +1,12 @@
 """A user's profile as stored in the ``user_to_profile`` table: bounded and idempotent by event id.
 
+The dedup window: a profile remembers the ids of its user's last ``seen_event_ids`` events
+(``COLDSTART_SEEN_EVENT_IDS``, 256). A redelivered event whose id is still in that window changes
+nothing (Kafka redelivers at most what followed the last committed offset, a few batches). An event
+redelivered after 256 newer events of the same user would be applied a second time: its user's
+``n_events`` counts it twice and it joins the recent events once more. Raise the setting when a
+producer may resend older events; each id costs its length in the stored profile.
+
 Stored as compact binary (raw table values), led by a format version byte so the format can change
 without a migration: version 1 is a fixed header, the recent events' times and weights as packed
 arrays, every string in one UTF-8 blob, and the profile vector as raw float32 with the
