@@ -121,13 +121,12 @@ class StreamStats:
         return self.pop.get(item_id, 0.0) * 2.0 ** ((self.pop_origin - now) / self.half_life_s)
 
     # Readers (the recommendations API, on the event loop) and the writer thread share these dicts:
-    # ``list(d.items())`` copies in one C call under the GIL, so a reader never iterates a dict that the
-    # writer resizes meanwhile ("dictionary changed size during iteration").
+    # readers iterate a ``dict.copy()``, never the dict itself (see :func:`snapshot`).
     def neighbours(self, table: dict[str, dict[str, float]], item_id: str) -> dict[str, float]:
-        return {k: v for k, v in list(table.get(item_id, {}).items()) if v > 0.0}
+        return {k: v for k, v in snapshot(table.get(item_id, {})).items() if v > 0.0}
 
     def query_items(self, query: str) -> dict[str, float]:
-        return {k: v for k, v in list(self.query_clicks.get(query, {}).items()) if v > 0.0}
+        return {k: v for k, v in snapshot(self.query_clicks.get(query, {})).items() if v > 0.0}
 
     # ------------------------------------------------------------------------------ internals
     def _row(self, table: dict[str, dict[str, float]], key: str) -> dict[str, float]:
@@ -168,3 +167,17 @@ def log_norm(counts: dict[str, float]) -> dict[str, float]:
         return {}
     top = math.log1p(max(counts.values()))
     return {k: (math.log1p(v) / top if top > 0 else 0.0) for k, v in counts.items()}
+
+
+def snapshot(shared: dict) -> dict:
+    """A consistent copy of a dict that the writer thread may be resizing meanwhile.
+
+    ``dict.copy()`` copies the entries in one C call that runs no Python code, so no other thread can
+    run in between. ``list(d.items())`` is not safe: it allocates a tuple per entry, an allocation can
+    start the cyclic garbage collector, and a finalizer it runs can hand the GIL to the writer in the
+    middle of the iteration ("dictionary changed size during iteration", seen under test).
+
+    >>> snapshot({"a": 1.0})
+    {'a': 1.0}
+    """
+    return shared.copy()

@@ -20,7 +20,7 @@ from coldstart.model.profile import popularity_blend, top_contributors
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
-from coldstart.model.stats import StreamStats, log_norm
+from coldstart.model.stats import StreamStats, log_norm, snapshot
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
 
@@ -105,11 +105,11 @@ class Recommender:
         newness = torch.zeros(n, device=dev)
         if stats.pop_origin is not None:
             scale = 2.0 ** ((stats.pop_origin - now) / stats.half_life_s)
-            for item, v in list(stats.pop.items()):  # a snapshot: the writer thread updates it
+            for item, v in snapshot(stats.pop).items():  # the writer thread updates it meanwhile
                 r = items.row.get(item)
                 if r is not None and v > 0:
                     pop[r] = v * scale
-        for item, first in list(stats.first_seen.items()):
+        for item, first in snapshot(stats.first_seen).items():
             r = items.row.get(item)
             if r is not None:
                 newness[r] = 0.5 ** (max(now - first, 0.0) / stats.half_life_s)
