@@ -79,6 +79,23 @@ def test_a_click_yields_one_sample_with_the_items_text_and_a_bounded_weight(proc
     assert 0.1 <= sample.weight <= 4.0 and np.isfinite(sample.loss) and sample.prior_events == 0
 
 
+def test_click_weights_follow_the_configured_estimator(model) -> None:
+    """COLDSTART_IMPORTANCE_ESTIMATOR picks the worker's weights: ``uniform`` gives every fresh user's
+    click the same weight, ``loss`` weighs a surprising click above an expected one."""
+    def weights(estimator: str) -> dict[str, float]:
+        p = BatchProcessor(Settings(device="cpu", importance_estimator=estimator), model)
+        expected = click(f"{estimator}-a", "kb", query="mechanical gaming keyboard")
+        surprising = click(f"{estimator}-b", "pan", query="mechanical gaming keyboard")
+        out = p.process([expected, surprising], {})
+        return {s.item_id: s.weight for s in out.samples}
+
+    uniform, by_loss = weights("uniform"), weights("loss")
+    assert uniform["kb"] == pytest.approx(uniform["pan"])
+    assert by_loss["pan"] > by_loss["kb"]
+    with pytest.raises(Exception, match="reducible_loss"):
+        BatchProcessor(Settings(device="cpu", importance_estimator="reducible_loss"), model)
+
+
 def test_an_untitled_item_learns_its_vector_from_the_query_before_the_click(processor, model) -> None:
     assert "new-sku" not in model.items.row
     processor.process([click("u4", "new-sku", query="halo 3 xbox game")], {})
