@@ -193,7 +193,10 @@ def replay(path: str = typer.Argument(..., help="bestbuy | amazon[:valid] | simu
 
     rebase = Rebase(time.time() if rebase_time else None)
     ensure_topics(s)
-    summary = asyncio.run(produce(rebase(events), s.bootstrap_servers, rate=rate, speedup=speedup))
+    from coldstart.kafka_security import aiokafka_options
+
+    summary = asyncio.run(produce(rebase(events), s.bootstrap_servers, rate=rate, speedup=speedup,
+                                  client_options=aiokafka_options(s)))
     console.print(summary)
     if rebase.shift_s:
         console.print(f"times rebased: every event shifted by {rebase.shift_s:+.0f} s (first event "

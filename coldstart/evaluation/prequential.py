@@ -35,9 +35,10 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from coldstart.errors import ColdstartError, KafkaUnavailable
 from coldstart.evaluation.baselines import Baseline
@@ -192,8 +193,9 @@ class DeadLetterWatch:
     """Follows ``events.dlq`` from its end while a run replays: the event ids the worker rejected (so
     the runner stops waiting for them) and the count per reason (so it fails fast with the reason)."""
 
-    def __init__(self, bootstrap: str, namespace: str = "") -> None:
+    def __init__(self, bootstrap: str, namespace: str = "", client_options: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.client_options = dict(client_options or {})
         self.ns = namespace
         self.by_reason: dict[str, int] = {}
         self.event_ids: dict[str, set[str]] = defaultdict(set)  # user -> rejected event ids
@@ -208,7 +210,8 @@ class DeadLetterWatch:
         from coldstart.streams.catalog import assign_all_partitions
 
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                          enable_auto_commit=False, auto_offset_reset="latest")
+                                          enable_auto_commit=False, auto_offset_reset="latest",
+                                          **self.client_options)
         await self._consumer.start()
         tps = await assign_all_partitions(self._consumer, (contract.DLQ,))
         await self._consumer.seek_to_end(*tps)
@@ -244,10 +247,22 @@ class DeadLetterWatch:
             await self._consumer.stop()
 
 
+def shared_broker_options() -> dict[str, Any]:
+    """Security keywords for a broker the runner did not start (from the COLDSTART_KAFKA_* settings)."""
+    from coldstart.kafka_security import aiokafka_options
+    from coldstart.settings import Settings
+
+    return aiokafka_options(Settings.from_env())
+
+
 async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], *,
                    bootstrap: str, worker_url: str, namespace: str = "", k: int = 10,
-                   exclude_clicked: bool = False, progress: bool = False, exact_order: bool = False) -> TaskRun:
+                   exclude_clicked: bool = False, progress: bool = False, exact_order: bool = False,
+                   client_options: Mapping[str, Any] | None = None) -> TaskRun:
     """Replay ``stream`` prequentially and rank every click with the worker and every baseline.
+
+    ``client_options``: Kafka security keywords for the replay producer and the dead-letter reader
+    (a shop's broker with SASL/TLS; empty for the runner's own local broker).
 
     ``exact_order``: before each ranking, also wait until the worker has learned every earlier click
     (``clicks_learned`` on /health), so the live ranker and statistics see exactly what the in-process
@@ -260,7 +275,7 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
     from coldstart.replay.producer import encode
 
     run = TaskRun(task)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, **(client_options or {}))
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:
@@ -279,7 +294,7 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
     base_items = first.get("items_ready", first.get("items", 0)) if namespace else 0
     base_clicks = first.get("clicks_learned", 0)
     clicks_sent: set[str] = set()  # distinct click ids replayed (the worker learns each once)
-    dead = DeadLetterWatch(bootstrap, namespace)
+    dead = DeadLetterWatch(bootstrap, namespace, client_options)
     await dead.start()
 
     async def send(index: int) -> None:
@@ -505,11 +520,15 @@ class LocalStack:
         from coldstart.streams.topics import ensure_topics
 
         s = self.settings
+        inherited = dict(os.environ)
         if self.bootstrap is None:
             self.kafka = LocalKafka(version=s.kafka_version, port=_free_port(), data_dir=self.workdir / "kafka")
             self.bootstrap = self.kafka.start()
+            # the broker started here listens in plaintext: a shop's Kafka credentials are not for it
+            s = s.replace(kafka_security_protocol="PLAINTEXT")
+            inherited = {k: v for k, v in inherited.items() if not k.startswith("COLDSTART_KAFKA_S")}
         ensure_topics(s.replace(bootstrap_servers=self.bootstrap))
-        env = {**os.environ,
+        env = {**inherited,
                "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap,
                "COLDSTART_APP_ID": f"cs-eval-{uuid.uuid4().hex[:8]}",
                "COLDSTART_DATA_DIR": str(self.workdir / "worker"),
@@ -612,15 +631,19 @@ def evaluate(cfg: EvalConfig) -> dict:
             runs.append(run_task_in_process(stream, task, baselines, pipeline, k=cfg.k,
                                             exclude_clicked=cfg.exclude_clicked, progress=True))
             continue
+        # A shop's broker takes the COLDSTART_KAFKA_* security settings; the runner's own is plaintext.
+        options = shared_broker_options() if shared else {}
         if cfg.worker_url:
             runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=cfg.bootstrap,
                                              worker_url=cfg.worker_url, namespace=namespace, k=cfg.k,
-                                             exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order)))
+                                             exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
+                                             client_options=options)))
             continue
         with LocalStack(cfg.bootstrap, partitions=cfg.partitions) as stack:
             runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=stack.bootstrap,
                                              worker_url=stack.url, namespace=namespace, k=cfg.k,
-                                             exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order)))
+                                             exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
+                                             client_options=options)))
     meta = {
         "dataset": cfg.dataset, "limit": cfg.limit, "k": cfg.k, "tasks": list(tasks),
         "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.n_boot,

@@ -12,7 +12,8 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 from coldstart.errors import KafkaUnavailable
@@ -100,9 +101,11 @@ async def produce(
     rate: float | None = None,
     speedup: float | None = None,
     progress: bool = True,
+    client_options: Mapping[str, Any] | None = None,
 ) -> ReplaySummary:
     """Send ``events`` to their topics (see :func:`topic_for`) and wait until all are acknowledged.
 
+    ``client_options``: the Kafka security keywords (:func:`coldstart.kafka_security.aiokafka_options`).
     Raises :class:`KafkaUnavailable` when no broker answers at ``bootstrap`` or a send fails.
     """
     from aiokafka import AIOKafkaProducer
@@ -110,7 +113,7 @@ async def produce(
 
     pacer = Pacer(rate=rate, speedup=speedup)
     summary = ReplaySummary()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(client_options or {}))
     try:
         await producer.start()
     except (KafkaError, OSError) as exc:

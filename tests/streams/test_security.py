@@ -193,8 +193,14 @@ def sasl_bootstrap(tmp_path_factory):
 
 
 def test_every_client_authenticates_with_sasl(sasl_bootstrap, tmp_path):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
     from coldstart.errors import KafkaUnavailable
-    from coldstart.kafka_security import kafka_python_options
+    from coldstart.evaluation.prequential import DeadLetterWatch
+    from coldstart.kafka_security import aiokafka_options
     from coldstart.streams.topics import ensure_topics
 
     plain = Settings(bootstrap_servers=sasl_bootstrap, partitions=2)
@@ -208,13 +214,27 @@ def test_every_client_authenticates_with_sasl(sasl_bootstrap, tmp_path):
     # only once all of them are connected and caught up.
     worker = WorkerProcess(sasl_bootstrap, unique("cs-sasl"), tmp_path / "data", extra_env=SASL_ENV).start()
     try:
+        # `coldstart replay` (aiokafka producer) takes the same settings from the environment
         user = unique("u")
-        producer = KafkaProducer(bootstrap_servers=sasl_bootstrap, acks="all", **kafka_python_options(secured))
-        producer.send("events.search", key=user.encode(), value=json.dumps(
-            {"event_id": unique("e"), "user_id": user, "ts": time.time(), "query": "headphones"}).encode())
-        producer.flush()
-        producer.close()
+        log = tmp_path / "events.jsonl"
+        log.write_text(json.dumps({"type": "search", "event_id": unique("e"), "user_id": user,
+                                   "ts": time.time(), "query": "headphones"}) + "\n")
+        replay = [sys.executable, "-m", "coldstart.cli", "replay", str(log), "--bootstrap-servers", sasl_bootstrap]
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("COLDSTART_KAFKA_S")}
+        refused = subprocess.run(replay, env=base_env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "Kafka" in refused.stdout + refused.stderr  # a clear error
+        done = subprocess.run(replay, env={**base_env, **SASL_ENV}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert SASL_PASSWORD not in done.stdout + done.stderr
         assert worker.wait_for_events(user, 1, timeout=120)["n_events"] == 1
+
+        # the evaluation's dead-letter reader against a shop's broker
+        async def read_dead_letters() -> None:
+            watch = DeadLetterWatch(sasl_bootstrap, client_options=aiokafka_options(secured))
+            await watch.start()
+            await watch.stop()
+
+        asyncio.run(asyncio.wait_for(read_dead_letters(), 60))
         seen = worker.log_tail(10_000) + worker.metrics_text()
         assert SASL_PASSWORD not in seen
     finally:
