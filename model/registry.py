@@ -43,8 +43,9 @@ import torch
 from pyarrow import fs as pafs
 from safetensors.torch import load_file, save_file
 
-from coldstart.errors import ArtifactRefused, ConfigError
 from coldstart.contract import redact_uri
+from coldstart.errors import ArtifactRefused, ConfigError
+from coldstart.failpoints import crash_point
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -171,8 +172,10 @@ class Registry:
                             base_model, data_window, metrics, extra)
                 self._upload(Path(tmp), aside)
         self._rename(aside, self._vdir(version))
+        crash_point("after_version_rename")
         if make_current:
             self.set_current(version)
+            crash_point("after_current")
         self._prune()
         return version
 

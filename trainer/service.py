@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from coldstart.errors import BadEvent, ConfigError, KafkaUnavailable
+from coldstart.failpoints import crash_point
 from coldstart.kafka_security import aiokafka_options
 from coldstart.settings import Settings
 from coldstart.model.encoder import TextEncoder
@@ -144,7 +146,7 @@ class Trainer:
         self.buffer = SampleBuffer(settings.buffer_dir, config.buffer_max_bytes, config.buffer_max_age_s)
         self.registry = Registry(settings.registry_uri, keep=config.keep_versions)
         self.encoder = encoder or self._serving_encoder()
-        self.new_since_round = 0
+        self.new_since_round = self._untrained_samples()
         self.last_round_ts = time.time()
         self.rounds_run = 0
         self._consumer = None
@@ -159,6 +161,7 @@ class Trainer:
         samples = list(samples)
         added = self.buffer.add(samples)
         self.buffer.flush()
+        crash_point("after_buffer_flush")
         self.new_since_round += added
         self.metrics.samples_in.labels("buffered").inc(added)
         self.metrics.samples_in.labels("duplicate").inc(len(samples) - added)
@@ -267,7 +270,9 @@ class Trainer:
         if current is None:
             return None
         announced = await latest_announcement(self.settings)
-        if announced is not None and announced.version == current:
+        # the same version name in another registry (a reset or moved registry) is not an agreement
+        if announced is not None and (announced.version, announced.uri) == \
+                (current, redact_uri(self.registry.version_uri(current))):
             return None
         log.warning("model.versions announces %s but the registry's CURRENT is %s: announcing %s",
                     announced.version if announced else "nothing", current, current)
@@ -330,6 +335,7 @@ class Trainer:
             self.metrics.rounds.labels("failed").inc()
             return None
         if report.version is not None:
+            crash_point("before_announcement")
             await self.announce(report.version, "publish")
         return report
 
@@ -348,6 +354,21 @@ class Trainer:
             await self.stop()
 
     # ---------------------------------------------------------------------------- internals
+    def _untrained_samples(self) -> int:
+        """Buffered samples newer than the data window of CURRENT (all of them before the first
+        version): a trainer killed before its round, restarted while traffic is quiet, still trains on
+        what it had buffered instead of waiting for new samples."""
+        if self.buffer.n_samples == 0:
+            return 0
+        current = self.registry.current()
+        window = self.registry.manifest(current).get("data_window") if current else None
+        ts = self.buffer.read().column("ts")
+        if current is None:
+            return len(ts)
+        if not window:
+            return 0
+        return int(pc.sum(pc.greater(ts, window[1])).as_py() or 0)
+
     def _serving_encoder(self) -> TextEncoder:
         s = self.settings
         if self.registry.current() is not None:
