@@ -86,11 +86,13 @@ class StreamStats:
             if len(self.query_clicks) > self.max_queries:
                 self.query_clicks.popitem(last=False)
             self._add(row, item_id, 1.0, undo)
+        # Rebase *before* adding: a click years after the origin (a replayed 2011 log, then live
+        # traffic) would otherwise overflow 2 ** (years / half-life) and fail every later click.
         if self.pop_origin is None:
-            self.pop_origin = ts
-        self._add(self.pop, item_id, 2.0 ** ((ts - self.pop_origin) / self.half_life_s), undo)
-        if (self.newest_ts - self.pop_origin) / self.half_life_s > 500:
+            self.pop_origin = self.newest_ts
+        elif (self.newest_ts - self.pop_origin) / self.half_life_s > 500:
             self._rebase()
+        self._add(self.pop, item_id, growth((ts - self.pop_origin) / self.half_life_s), undo)
         self._undo[event_id] = undo
         while len(self._undo) > self._seen_cap:
             self._undo.popitem(last=False)
@@ -118,7 +120,7 @@ class StreamStats:
         """Decayed click count of ``item_id`` at event time ``now``."""
         if self.pop_origin is None:
             return 0.0
-        return self.pop.get(item_id, 0.0) * 2.0 ** ((self.pop_origin - now) / self.half_life_s)
+        return self.pop.get(item_id, 0.0) * growth((self.pop_origin - now) / self.half_life_s)
 
     # Readers (the recommendations API, on the event loop) and the writer thread share these dicts:
     # readers iterate a ``dict.copy()``, never the dict itself (see :func:`snapshot`).
@@ -146,7 +148,7 @@ class StreamStats:
         undo.append((row, key, delta))
 
     def _rebase(self) -> None:
-        shift = 2.0 ** ((self.pop_origin - self.newest_ts) / self.half_life_s)
+        shift = growth((self.pop_origin - self.newest_ts) / self.half_life_s)
         for k in self.pop:
             self.pop[k] *= shift
         # Remembered increments are in the old scale; rescale them too so exclusion stays exact.
@@ -181,3 +183,14 @@ def snapshot(shared: dict) -> dict:
     {'a': 1.0}
     """
     return shared.copy()
+
+
+def growth(half_lives: float) -> float:
+    """``2 ** half_lives``, capped at 2 ** 500: popularity is kept relative to an origin, and a read or a
+    click far from it (a user's old events against today's counts) must give a finite number instead
+    of an OverflowError. Far in the past the factor underflows to 0.0, which is what it means.
+
+    >>> growth(1.0), growth(-5000.0), growth(5000.0) == 2.0 ** 500
+    (2.0, 0.0, True)
+    """
+    return 2.0 ** min(half_lives, 500.0)

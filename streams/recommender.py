@@ -20,7 +20,7 @@ from coldstart.model.profile import popularity_blend, top_contributors
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
-from coldstart.model.stats import StreamStats, log_norm, snapshot
+from coldstart.model.stats import StreamStats, growth, log_norm, snapshot
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
 
@@ -104,7 +104,7 @@ class Recommender:
         pop = torch.zeros(n, device=dev)
         newness = torch.zeros(n, device=dev)
         if stats.pop_origin is not None:
-            scale = 2.0 ** ((stats.pop_origin - now) / stats.half_life_s)
+            scale = growth((stats.pop_origin - now) / stats.half_life_s)
             for item, v in snapshot(stats.pop).items():  # the writer thread updates it meanwhile
                 r = items.row.get(item)
                 if r is not None and v > 0:

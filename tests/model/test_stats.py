@@ -58,3 +58,15 @@ def test_everything_is_bounded():
         s.observe(f"e{i}", f"u{i % 7}", f"i{i % 11}", float(i), query=f"q{i % 5}")
     assert len(s.user_recent) <= 3 and len(s.query_clicks) <= 2 and len(s._undo) <= 5
     assert all(len(row) <= 2 for row in (*s.transitions.values(), *s.coclicks.values()))
+
+
+def test_a_jump_of_years_in_event_time_neither_fails_nor_keeps_stale_popularity():
+    """A worker that replayed a 2011 log and then sees today's traffic (the overload benchmark found
+    every later click dead-lettered with OverflowError: 2 ** (15 years / 3 days))."""
+    s = StreamStats()
+    old, now = 1_313_035_217.0, 1_795_448_290.0
+    _feed(s, [("e1", "u1", "a", old, None), ("e2", "u2", "a", old + 60, None)])
+    _feed(s, [("e3", "u3", "b", now, None), ("e4", "u4", "b", now + 1, None), ("e5", "u5", "a", old, None)])
+    assert s.popularity("b", now + 1) > 1.9  # today's two clicks, barely decayed
+    assert s.popularity("a", now + 1) < 1e-9  # 2011's clicks have decayed away, the late old one too
+    assert math.isfinite(s.popularity("b", old))  # a read at an old time stays finite
