@@ -47,6 +47,10 @@ class Settings:
     # Profiles
     recent_events: int = 20  # per user, bounded
     seen_event_ids: int = 256  # per user, for idempotency under at-least-once redelivery
+    # Bounded state (issue 8): a user with no event for this long (in stream time: the newest event time
+    # this worker applied, so a replayed log expires by its own clock) loses their profile; 0 = never.
+    user_ttl_s: float = 90 * 86400.0
+    expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
@@ -109,6 +113,8 @@ class Settings:
         for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.user_ttl_s < 0 or self.expiry_every_s <= 0:
+            raise ConfigError(f"{PREFIX}USER_TTL_S must be >= 0 (0 = never) and {PREFIX}EXPIRY_EVERY_S > 0")
         from coldstart.model.estimators import check_estimator  # the model layer owns the names
 
         check_estimator(self.importance_estimator, PREFIX + "IMPORTANCE_ESTIMATOR")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hmac
 import logging
 import asyncio
@@ -24,6 +25,7 @@ import faust
 import torch
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import _current_event  # the task-local event Faust's tables and sends read
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from coldstart.errors import BadEvent
@@ -75,6 +77,7 @@ class Worker:
         self.lag_now = 0
         self.stream_failure: BaseException | None = None
         self.agent_crashes: dict[str, BaseException] = {}
+        self.stream_time = 0.0  # the newest event time applied here: the clock of user expiry
         self._evictions_reported: dict[str, int] = {}
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
@@ -175,6 +178,11 @@ class Worker:
                 self.metrics.consumer_lag.labels(topic).set(value)
             self.lag_now = sum(lag.values())
             self.report_item_evictions()
+
+        if s.user_ttl_s > 0:
+            @app.timer(interval=s.expiry_every_s)
+            async def expire_inactive_users() -> None:
+                await self.expire_inactive_users()
 
         async def owned_recommendations(web, request, user_id: str):
             return await self.recommendations_view(web, request, user_id)
@@ -322,6 +330,7 @@ class Worker:
                 await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
                 continue
             parsed.append((ev, event))
+            self.stream_time = max(self.stream_time, ev.ts)
         if parsed:
             try:
                 await self.apply(parsed)
@@ -398,6 +407,50 @@ class Worker:
         cold = sum(1 for st in outcome.profiles.values() if st.n_events <= COLD_START_EVENTS)
         m.cold_start_users.set(cold)
 
+    async def expire_inactive_users(self) -> int:
+        """Delete the profiles of this worker's users with no event for ``user_ttl_s`` of stream time.
+
+        Each deletion is a tombstone on the table's changelog, in the user's partition, so a worker
+        restoring the partition later does not bring the profile back. The scan reads only the
+        profiles' headers and yields to the event loop as it goes; deletions take the batch lock and
+        re-check the profile, so a user whose event is being applied right now is not expired.
+        Returns the number of profiles deleted.
+        """
+        if self.stream_time <= 0:  # no event applied since start: no clock to expire by
+            return 0
+        cutoff = self.stream_time - self.settings.user_ttl_s
+        store = self.profiles.data
+        # Faust has no public per-partition iteration of a table: walk the RocksDB store's databases
+        # of the partitions this worker actively owns (what its _dbs_for_actives does, with numbers).
+        actives = self.app.assignor.assigned_actives()
+        changelog = self.profiles.changelog_topic_name
+        held, expired = 0, 0
+        for partition, db in list(store._dbs.items()):
+            if TP(changelog, partition) not in actives:
+                continue
+            stale = []
+            for seen, (key, raw) in enumerate(store._visible_items(db), 1):
+                held += 1
+                if ProfileState.newest_event_ts(raw) < cutoff:
+                    stale.append(key)
+                if seen % 5000 == 0:
+                    await asyncio.sleep(0)
+            if not stale:
+                continue
+            async with self.batch_lock:
+                with event_context(PartitionEvent(contract.SEARCH, partition)):
+                    for key in stale:
+                        raw = self.profiles.get(key)
+                        if raw is not None and ProfileState.newest_event_ts(raw) < cutoff:
+                            del self.profiles[key]
+                            expired += 1
+        self.metrics.users_expired.inc(expired)
+        self.metrics.profiles.set(held - expired)
+        if expired:
+            log.info("expired %d users with no event since %s (stream time)", expired,
+                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(cutoff)))
+        return expired
+
     async def dead_letter(self, exc: BadEvent, event) -> None:
         """Send the event to events.dlq, attached to the event so it is flushed before its offset is
         committed."""
@@ -462,6 +515,20 @@ def kafka_credentials(s: Settings):
         return faust.SSLCredentials(options["ssl_context"])
     return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
                                  mechanism=s.kafka_sasl_mechanism, ssl_context=options.get("ssl_context"))
+
+
+@dataclasses.dataclass
+class PartitionMessage:
+    topic: str
+    partition: int
+
+
+class PartitionEvent:
+    """Stands in for an event of ``partition`` where there is none (the expiry timer): Faust's table
+    writes read only ``message.topic`` (to check co-partitioning) and ``message.partition``."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = PartitionMessage(topic, partition)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ class Metrics:
     recommendation_seconds: Histogram
     consumer_lag: Gauge
     item_evictions: Counter  # issue 8: the item index's capacity policy
+    users_expired: Counter  # issue 8: inactive users' profiles deleted (tombstones in the changelog)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -92,4 +93,6 @@ class Metrics:
             consumer_lag=gauge("consumer_lag_messages", "Messages behind the log end, by topic.", ["topic"]),
             item_evictions=counter("item_evictions_total", "Items evicted from the full item index, by "
                                    "reason (untitled, titled, refused: a new id not indexed).", ["reason"]),
+            users_expired=counter("users_expired_total", "Profiles deleted after COLDSTART_USER_TTL_S without "
+                                  "an event (a tombstone in the changelog)."),
         )

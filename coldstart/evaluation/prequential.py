@@ -537,7 +537,10 @@ class LocalStack:
                "COLDSTART_SESSION_TIMEOUT_S": "10",
                # An evaluation replays history as it happened (the 1997-98 Amazon log included): its
                # worker accepts any past time instead of refusing it as a clock bug (issue 8).
-               "COLDSTART_MIN_EVENT_TS": "0"}
+               "COLDSTART_MIN_EVENT_TS": "0",
+               # Users returning after months are part of what is measured; expiry is a storage
+               # policy, not a recommendation, and the baselines never forget either.
+               "COLDSTART_USER_TTL_S": "0"}
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "worker.log"
         with open(self.log_path, "ab") as log_file:
