@@ -29,7 +29,8 @@ from coldstart.settings import Settings
 console = Console()
 
 
-def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None = None) -> dict:
+def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None = None,
+                   minutes: float = 10.0) -> dict:
     results: dict = {"machine": machine()}
     if which in ("encode", "all"):
         results["encode"] = bench_encode(settings)
@@ -41,6 +42,11 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.catalog import bench_catalog
 
         results["catalog"] = bench_catalog()
+    if which in ("overload",):  # issue 8: long (minutes of overload, then the drain); not in "all"
+        from coldstart.bench.overload import bench_overload
+
+        results["overload"] = bench_overload(settings, minutes=minutes, out_dir=out.parent)
+        console.print(f"memory and backlog curve written to {results['overload']['plot']}")
     if which in ("importance",):
         from coldstart.bench.importance import bench_importance, print_table
 

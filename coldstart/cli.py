@@ -234,17 +234,18 @@ _mount_eval()
 
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
-def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance"),
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | overload"),
           bootstrap_servers: Optional[str] = Bootstrap,
           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here"),
-          limit: Optional[int] = typer.Option(None, help="stream: replay only the first N log records")) -> None:
+          limit: Optional[int] = typer.Option(None, help="stream: replay only the first N log records"),
+          minutes: float = typer.Option(10.0, help="overload: minutes at 3x the worker's capacity")) -> None:
     """Benchmarks that print figures with ratios against a baseline measured in the same run
     (`importance` is long: fine-tuning runs on both real logs)."""
     from coldstart.bench.run import run_benchmarks
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
-    run_benchmarks(s, which, out, limit)
+    run_benchmarks(s, which, out, limit, minutes)
 
 
 def main() -> None:
