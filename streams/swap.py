@@ -79,7 +79,10 @@ class ModelSwapper:
                     except Exception as exc:  # a foreign or corrupt record
                         self._refuse("bad_announcement", f"{exc}")
                     else:
-                        await self.apply_verified(announcement)
+                        applied = await self.apply_verified(announcement)
+                        if not (applied or self.caught_up.is_set()
+                                or announcement.version == self.worker.model.version):
+                            await self.serve_last_good(refused=announcement.version)
                 if not self.caught_up.is_set() and await consumer.position(tp) >= end:
                     self.caught_up.set()
         finally:
@@ -101,6 +104,25 @@ class ModelSwapper:
             self._applied_ts = announcement.announced_ts
         return applied
 
+    async def serve_last_good(self, refused: str) -> bool:
+        """At start, when the announced version is refused: serve the newest older registry version that
+        verifies (what the workers served before the refused one) instead of the base model. A worker
+        restarted after a bad publish must not fall back to zero-shot while its peers serve a trained
+        version. The registry is trusted storage; nothing from the topic is believed beyond the
+        refused name."""
+        try:
+            versions = await asyncio.to_thread(self.registry.list_versions)
+        except Exception as exc:  # an unreachable registry: keep what is loaded
+            log.error("no fallback from refused %s: cannot list the registry (%s)", refused, exc)
+            return False
+        for version in sorted((v for v in versions if v < refused), reverse=True):
+            fallback = ModelAnnouncement(version, redact_uri(self.registry.version_uri(version)), "fallback", 0.0)
+            if await self.apply(fallback):
+                log.warning("announced %s was refused at start: serving %s, the newest older version that "
+                            "verifies", refused, version)
+                return True
+        return False
+
     async def apply(self, announcement: ModelAnnouncement) -> bool:
         """Load, verify and switch to ``announcement.version`` (its signature already checked)."""
         worker = self.worker
@@ -108,9 +130,11 @@ class ModelSwapper:
             return False
         log.info("model %s announced (%s, %s): loading off the event loop", announcement.version,
                  announcement.action, redact_uri(announcement.uri))
-        snapshot = worker.model.items.copy_metadata()
-        revision = snapshot.revision
         loop = asyncio.get_running_loop()
+        # Copied on the one writer thread of the item index (issue 11): on the event loop the copy could
+        # interleave with a batch's or the catalog reader's writes and snapshot half an update.
+        snapshot = await loop.run_in_executor(worker.batch_executor, worker.model.items.copy_metadata)
+        revision = snapshot.revision
         try:
             model = await loop.run_in_executor(None, self._build, announcement.version, snapshot)
         except ArtifactRefused as exc:

@@ -109,7 +109,9 @@ def test_swap_during_stream_keeps_exactly_one_effect(swap_worker, kafka_bootstra
 
 def test_corrupted_artifact_is_refused_and_old_version_serves(swap_worker, kafka_bootstrap, encoder):
     worker, registry = swap_worker
-    serving = worker.recommendations(unique("u"))["model_version"]
+    serving = publish(registry, encoder, nudge=0.25)  # a good trained version in service first
+    announce(kafka_bootstrap, registry, serving)
+    wait_version(worker, unique("u"), serving)
     bad = publish(registry, encoder, nudge=1.0)
     weights = Path(registry.root) / "versions" / bad / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -125,6 +127,16 @@ def test_corrupted_artifact_is_refused_and_old_version_serves(swap_worker, kafka
         raise AssertionError(f"no refusal counted:\n{worker.log_tail()}")
     assert worker.recommendations(unique("u"))["model_version"] == serving
     assert worker.proc.poll() is None
+
+    # A worker (re)started now finds the refused version announced: it serves the last good one, not
+    # the base model (issue 8).
+    restarted = WorkerProcess(kafka_bootstrap, unique("cs-swap-restart"), Path(registry.root).parent / "data2",
+                              extra_env={"COLDSTART_REGISTRY_URI": registry.uri}).start()
+    try:
+        wait_version(restarted, unique("u"), serving)
+        assert 'coldstart_model_swaps_refused_total{reason="verification"} 1.0' in restarted.metrics_text()
+    finally:
+        restarted.stop()
 
 
 def test_rollback_restores_previous_version(swap_worker, kafka_bootstrap, encoder):
