@@ -36,7 +36,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
 N = 80  # above the trainer's 64-sample minimum and --round-min-samples: one round is due
 
 
-def trainer(settings: Settings, log: Path, crash_at: str | None = None) -> subprocess.Popen:
+def trainer(settings: Settings, log: Path, crash_at: str | None = None, *, round_min_samples: int = 64,
+            metrics_port: int | None = None) -> subprocess.Popen:
+    """A ``coldstart trainer`` process with tiny rounds (2 steps, a gate that lets any candidate through)."""
     env = {k: v for k, v in os.environ.items() if k != "COLDSTART_CRASH_AT"}
     env.update({"COLDSTART_BOOTSTRAP_SERVERS": settings.bootstrap_servers, "COLDSTART_APP_ID": settings.app_id,
                 "COLDSTART_BUFFER_DIR": str(settings.buffer_dir), "COLDSTART_REGISTRY_URI": settings.registry_uri,
@@ -45,8 +47,8 @@ def trainer(settings: Settings, log: Path, crash_at: str | None = None) -> subpr
         env["COLDSTART_CRASH_AT"] = crash_at
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "coldstart.cli", "trainer", "--round-min-samples", "64", "--steps", "2",
-             "--gate-tolerance", "1.0", "--metrics-port", str(free_port())],
+            [sys.executable, "-m", "coldstart.cli", "trainer", "--round-min-samples", str(round_min_samples),
+             "--steps", "2", "--gate-tolerance", "1.0", "--metrics-port", str(metrics_port or free_port())],
             env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
