@@ -226,7 +226,8 @@ class ItemIndex:
         return " | ".join(q for q, _ in self.queries[row].most_common(3))
 
     def rows_of(self, item_ids: Iterable[str]) -> list[int]:
-        return [self.row[i] for i in item_ids if i in self.row]
+        # one lookup per id: a reader must not see an id evicted between a test and a read
+        return [r for r in (self.row.get(i) for i in item_ids) if r is not None]
 
     # ------------------------------------------------------------------------------ internals
     def _row_for(self, item_id: str, titled: bool) -> int | None:

@@ -59,12 +59,16 @@ class Recommender:
         self.model = model
 
     # ------------------------------------------------------------------------------ features
-    def signals(self, state: ProfileState | None) -> Signals:
+    def signals(self, state: ProfileState | None,
+                view: tuple[torch.Tensor, torch.Tensor] | None = None) -> Signals:
+        """Every feature of every item for this user. ``view``: the item matrix the caller already read.
+        A request reads on the event loop while the writer thread may append items, so one view fixes
+        the row count ``n`` and rows added after it are left out, never indexed past it."""
         from coldstart.streams.processor import profile_matrix
 
         model, stats = self.model, self.stats
         items = model.items
-        item_vecs, item_valid = items.matrix()
+        item_vecs, item_valid = view if view is not None else items.matrix()
         n = item_vecs.shape[0]
         dev = model.device
         events = state.events if state is not None else []
@@ -79,7 +83,7 @@ class Recommender:
             sig["profile_cos"] = (profile @ item_vecs.T)[0]
             last = events[-1]
             row = items.row.get(last.item_id) if last.item_id else None
-            if row is not None and bool(item_valid[row]):
+            if row is not None and row < n and bool(item_valid[row]):
                 last_vec = item_vecs[row]
             elif last.text:
                 last_vec = model.cache.encode(model.encoder, [last.text])[0]
@@ -107,11 +111,11 @@ class Recommender:
             scale = growth((stats.pop_origin - now) / stats.half_life_s)
             for item, v in snapshot(stats.pop).items():  # the writer thread updates it meanwhile
                 r = items.row.get(item)
-                if r is not None and v > 0:
+                if r is not None and r < n and v > 0:
                     pop[r] = v * scale
         for item, first in snapshot(stats.first_seen).items():
             r = items.row.get(item)
-            if r is not None:
+            if r is not None and r < n:
                 newness[r] = 0.5 ** (max(now - first, 0.0) / stats.half_life_s)
         sig["popularity"] = popularity_scores(pop)
         sig["newness"] = newness
@@ -120,7 +124,8 @@ class Recommender:
 
     def _dense(self, values: dict[str, float], n: int) -> torch.Tensor:
         out = torch.zeros(n, device=self.model.device)
-        pairs = [(self.model.items.row[k], v) for k, v in values.items() if k in self.model.items.row]
+        row = self.model.items.row
+        pairs = [(r, v) for r, v in ((row.get(k), v) for k, v in values.items()) if r is not None and r < n]
         if pairs:
             rows, vals = zip(*pairs)
             out[list(rows)] = torch.tensor(vals, device=self.model.device)
@@ -146,14 +151,15 @@ class Recommender:
     # ------------------------------------------------------------------------------ serving
     def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:
         model = self.model
-        item_vecs, item_valid = model.items.matrix()
+        view = model.items.matrix()  # one view for the whole request (see signals)
+        item_vecs, item_valid = view
         if item_vecs.shape[0] == 0:
             return []
-        sig = self.signals(state)
+        sig = self.signals(state, view)
         scores = self.ranker.score(sig.features)[None]
         exclude = ~item_valid[None].clone()
         if exclude_clicked and state is not None:
-            rows = model.items.rows_of(state.clicked_items())
+            rows = [r for r in model.items.rows_of(state.clicked_items()) if r < item_vecs.shape[0]]
             if rows:
                 exclude[0, rows] = True
         n_ok = int((~exclude).sum())
