@@ -7,6 +7,7 @@ directory, all in one Faust app, so two or four of them split the partitions thr
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,8 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
         self.kafka.stop()
+        # the broker's log segments and the workers' RocksDB: gigabytes after a long run
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "LocalStack":
         return self
