@@ -47,7 +47,7 @@ def _renamed_forever(base: list, suffix_of_pass, deadline: float, sent_per_user:
 
 def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float = 3.0, capacity_events: int = 3000,
                    sample_s: float = 2.0, check_users: int = 300, out_dir: Path = Path("reports")) -> dict:
-    from coldstart.bench.run import bestbuy_events, renamed
+    from coldstart.bench.events import bestbuy_events, renamed
     from coldstart.replay.producer import produce
 
     events = bestbuy_events(settings)

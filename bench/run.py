@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from coldstart.bench.events import bestbuy_events, renamed
 from coldstart.settings import Settings
 
 console = Console()
@@ -73,13 +73,6 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def bestbuy_events(settings: Settings, limit: int | None = None):
-    from coldstart.replay import open_dataset
-
-    events = open_dataset("bestbuy", settings.shared_data)
-    return list(itertools.islice(events, limit) if limit else events)
 
 
 # ------------------------------------------------------------------------------------------ encode
@@ -153,15 +146,6 @@ def bench_batch(settings: Settings, batch_size: int = 512) -> dict:
             "rows": [("events/s (in-process)", f"{rate:,.0f}", "-", "-", ">= 30,000 on one H100"),
                      ("batch p50 / p99 ms", f"{p50 * 1e3:.1f} / {p99 * 1e3:.1f}", "-", "-",
                       "p99 <= 25 ms on one H100")]}
-
-
-def renamed(event, suffix: str):
-    """The same event under another user and event id (same texts and items)."""
-    from coldstart.replay import ReplayEvent
-
-    value = {**event.value, "user_id": event.value["user_id"] + suffix, "event_id": event.value["event_id"] + suffix,
-             "ts": time.time()}
-    return ReplayEvent(event.type, event.key + suffix, value, value["ts"])
 
 
 def quantiles(xs: list[float]) -> tuple[float, float]:
