@@ -50,6 +50,10 @@ class Settings:
     # Bounded state (issue 8): a user with no event for this long (in stream time: the newest event time
     # this worker applied, so a replayed log expires by its own clock) loses their profile; 0 = never.
     user_ttl_s: float = 90 * 86400.0
+    # RocksDB memory per table partition (issue 8): Faust's defaults are a 2 GiB block cache and 3 x 64 MiB
+    # memtables *per partition*, so a worker's RSS grew with its users to several GiB under load.
+    rocksdb_block_cache_mb: int = 32
+    rocksdb_write_buffer_mb: int = 16  # two of them per partition
     expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # Items
@@ -110,7 +114,8 @@ class Settings:
         # Checked where it is read, so a typo fails at start-up with the variable's name, not deep in torch.
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"{PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
-        for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items"):
+        for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items",
+                     "rocksdb_block_cache_mb", "rocksdb_write_buffer_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.user_ttl_s < 0 or self.expiry_every_s <= 0:

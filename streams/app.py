@@ -129,7 +129,8 @@ class Worker:
         self.dlq_topic = app.topic(contract.DLQ, value_type=bytes, value_serializer="raw")
         self.profiles = app.Table(
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
-            help="user id -> ProfileState (bounded recent events, vector, model version)")
+            help="user id -> ProfileState (bounded recent events, vector, model version)",
+            options=rocksdb_options(s))
         self.catalog_reader = CatalogReader(s, self)
         self.swapper = ModelSwapper(s, self)
 
@@ -502,6 +503,16 @@ def internal_error(exc: BaseException) -> BadEvent:
     'internal:OverflowError'
     """
     return BadEvent(f"internal:{type(exc).__name__}", str(exc)[:500])
+
+
+def rocksdb_options(s: Settings) -> dict[str, int]:
+    """The profile table's RocksDB memory bounds, per partition: a block cache and two memtables.
+
+    >>> rocksdb_options(Settings())
+    {'block_cache_size': 33554432, 'write_buffer_size': 16777216, 'max_write_buffer_number': 2}
+    """
+    return {"block_cache_size": s.rocksdb_block_cache_mb * 2**20,
+            "write_buffer_size": s.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2}
 
 
 def kafka_credentials(s: Settings):
