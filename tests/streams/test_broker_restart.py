@@ -8,11 +8,11 @@ import json
 import os
 import signal
 import time
-import urllib.request
 
 import pytest
 from kafka import KafkaProducer
 
+from coldstart.bench.stack import scrape  # prometheus_client's parser
 from coldstart.kafka_local import LocalKafka, free_port
 from coldstart.settings import Settings
 from coldstart.trainer.buffer import SampleBuffer
@@ -35,10 +35,7 @@ def broker(tmp_path):
 
 
 def buffered(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith('coldstart_trainer_samples_in_total{result="buffered"}'))
+    return scrape(f"http://127.0.0.1:{port}/metrics").get('coldstart_trainer_samples_in_total{result="buffered"}', 0.0)
 
 
 def wait_buffered(port: int, n: int, trainer_proc, log) -> None:

@@ -28,8 +28,7 @@ def changelog_records(bootstrap: str, topic: str, key: bytes) -> list[bytes | No
 
 
 def expired_total(worker: WorkerProcess) -> float:
-    return sum(float(line.split()[-1]) for line in worker.metrics_text().splitlines()
-               if line.startswith("coldstart_users_expired_total "))
+    return worker.metric("coldstart_users_expired_total")
 
 
 def test_inactive_users_expire_with_a_tombstone_and_active_users_stay(kafka_bootstrap, produce, tmp_path):
