@@ -4,7 +4,9 @@
    producer goes to a worker whose encoder cache is warm (the log once beforehand): events/s consumed.
 2. Overload: the log again and again under fresh user ids (so each pass is new users, as a traffic
    peak is), at ``factor`` x capacity for ``minutes``; then nothing, until the worker has consumed all.
-3. Meanwhile every ``sample_s``: the worker's resident memory and its backlog (sent - consumed).
+3. Meanwhile every ``sample_s``: the worker's resident memory, the part of it RocksDB holds (the profile
+   table's shared block cache and memtables, ``coldstart_rocksdb_memory_bytes``) and the backlog
+   (sent - consumed).
 
 Nothing lost is checked against a ground truth: every event sent is consumed (``events_in_total``),
 none dead-lettered or doubled, and a random sample of users has exactly the events sent for them. The
@@ -69,15 +71,18 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
         rate = factor * capacity
         sent_per_user: Counter = Counter()
         tally = {"sent": 0}
-        samples: list[tuple[float, float, float]] = []  # (seconds since start, RSS MiB, backlog events)
+        # (seconds since start, RSS MiB, backlog events, RocksDB MiB)
+        samples: list[tuple[float, float, float, float]] = []
         stop = threading.Event()
         started = time.perf_counter()
 
         def sample() -> None:
             while not stop.is_set():
-                consumed = counter_sum(worker.scrape(), "coldstart_events_in_total") - consumed0
+                metrics = worker.scrape()
+                consumed = counter_sum(metrics, "coldstart_events_in_total") - consumed0
                 samples.append((time.perf_counter() - started, rss_bytes(worker.proc.pid) / 2**20,
-                                max(0.0, tally["sent"] - consumed)))
+                                max(0.0, tally["sent"] - consumed),
+                                counter_sum(metrics, "coldstart_rocksdb_memory_bytes") / 2**20))
                 stop.wait(sample_s)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -120,7 +125,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
          "-", "-", "grows, then drains to 0"),
         ("drain time after the overload", f"{drain_s:,.0f} s", f"overload lasted {produced_s:,.0f} s", "-", "-"),
         ("worker RSS start / max / end", f"{rss[0]:,.0f} / {max(rss):,.0f} / {rss[-1]:,.0f} MiB" if rss else "-",
-         "-", "-", "bounded"),
+         f"RocksDB max {max(s[3] for s in samples):,.0f} MiB" if samples else "-", "-", "bounded"),
         ("events lost / dead-lettered / doubled", f"{sent + consumed0 - counter_sum(metrics, 'coldstart_events_in_total'):,.0f}"
          f" / {dead:,.0f} / {duplicates:,.0f}", f"{len(checked) - len(wrong)}/{len(checked)} sampled users exact",
          "-", "0 / 0 / 0"),
@@ -130,7 +135,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
             "users_checked": len(checked), "users_wrong": wrong, "plot": str(plot), "rows": rows}
 
 
-def _plot(samples: list[tuple[float, float, float]], produced_s: float, path: Path, rate: float,
+def _plot(samples: list[tuple[float, float, float, float]], produced_s: float, path: Path, rate: float,
           capacity: float) -> None:
     import matplotlib
 
@@ -139,8 +144,10 @@ def _plot(samples: list[tuple[float, float, float]], produced_s: float, path: Pa
 
     t = [s[0] / 60 for s in samples]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
-    top.plot(t, [s[1] for s in samples])
-    top.set_ylabel("worker RSS (MiB)")
+    top.plot(t, [s[1] for s in samples], label="worker RSS")
+    top.plot(t, [s[3] for s in samples], label="of which RocksDB (cache + memtables)")
+    top.legend(loc="lower right")
+    top.set_ylabel("MiB")
     top.set_ylim(bottom=0)
     bottom.plot(t, [s[2] for s in samples])
     bottom.set_ylabel("backlog (events)")

@@ -50,10 +50,11 @@ class Settings:
     # Bounded state (issue 8): a user with no event for this long (in stream time: the newest event time
     # this worker applied, so a replayed log expires by its own clock) loses their profile; 0 = never.
     user_ttl_s: float = 90 * 86400.0
-    # RocksDB memory per table partition (issue 8): Faust's defaults are a 2 GiB block cache and 3 x 64 MiB
-    # memtables *per partition*, so a worker's RSS grew with its users to several GiB under load.
-    rocksdb_block_cache_mb: int = 32
-    rocksdb_write_buffer_mb: int = 16  # two of them per partition
+    # The profile table's RocksDB memory for the whole worker, all partitions together (issue 8; see
+    # streams/store.py): Faust's defaults are a 2 GiB block cache and 3 x 64 MiB memtables *per partition*
+    # with index and filter blocks outside any cache, so a worker's RSS grew with its users.
+    rocksdb_block_cache_mb: int = 64  # data, index and filter blocks
+    rocksdb_write_buffer_mb: int = 32  # all memtables
     expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # Items

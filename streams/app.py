@@ -39,6 +39,7 @@ from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
 from coldstart.streams.recommender import Recommender
 from coldstart.contract import PARSERS, DeadLetter, parse_item
 from coldstart.streams.state import ProfileState
+from coldstart.streams import store as profile_store
 from coldstart.streams.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class Worker:
         app = faust.App(
             s.app_id,
             broker=s.kafka_broker,
-            store="rocksdb://",
+            store=profile_store.register(),  # Faust's RocksDB store, one memory budget for all partitions
             datadir=str(s.data_dir),
             web_host=s.web_host,
             web_port=s.web_port,
@@ -130,7 +131,7 @@ class Worker:
         self.profiles = app.Table(
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
             help="user id -> ProfileState (bounded recent events, vector, model version)",
-            options=rocksdb_options(s))
+            options=profile_store.table_options(s.rocksdb_block_cache_mb, s.rocksdb_write_buffer_mb, s.partitions))
         self.catalog_reader = CatalogReader(s, self)
         self.swapper = ModelSwapper(s, self)
 
@@ -179,6 +180,7 @@ class Worker:
                 self.metrics.consumer_lag.labels(topic).set(value)
             self.lag_now = sum(lag.values())
             self.report_item_evictions()
+            self.report_rocksdb_memory()
 
         if s.user_ttl_s > 0:
             @app.timer(interval=s.expiry_every_s)
@@ -250,6 +252,11 @@ class Worker:
             if new > 0:
                 self.metrics.item_evictions.labels(reason).inc(new)
                 self._evictions_reported[reason] = n
+
+    def report_rocksdb_memory(self) -> None:
+        """What the profile table's RocksDB holds in memory, against its budget (streams/store.py)."""
+        for kind, used in self.profiles.data.rocksdb_options.memory().items():
+            self.metrics.rocksdb_memory.labels(kind).set(used)
 
     def health_problem(self) -> str | None:
         """Why this worker is unhealthy (None: it is not): a crashed agent, a stream stuck on an error,
@@ -503,16 +510,6 @@ def internal_error(exc: BaseException) -> BadEvent:
     'internal:OverflowError'
     """
     return BadEvent(f"internal:{type(exc).__name__}", str(exc)[:500])
-
-
-def rocksdb_options(s: Settings) -> dict[str, int]:
-    """The profile table's RocksDB memory bounds, per partition: a block cache and two memtables.
-
-    >>> rocksdb_options(Settings())
-    {'block_cache_size': 33554432, 'write_buffer_size': 16777216, 'max_write_buffer_number': 2}
-    """
-    return {"block_cache_size": s.rocksdb_block_cache_mb * 2**20,
-            "write_buffer_size": s.rocksdb_write_buffer_mb * 2**20, "max_write_buffer_number": 2}
 
 
 def kafka_credentials(s: Settings):

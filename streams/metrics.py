@@ -44,6 +44,7 @@ class Metrics:
     consumer_lag: Gauge
     item_evictions: Counter  # issue 8: the item index's capacity policy
     users_expired: Counter  # issue 8: inactive users' profiles deleted (tombstones in the changelog)
+    rocksdb_memory: Gauge  # issue 8: the profile table's RocksDB memory, against its budget
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -95,4 +96,7 @@ class Metrics:
                                    "reason (untitled, titled, refused: a new id not indexed).", ["reason"]),
             users_expired=counter("users_expired_total", "Profiles deleted after COLDSTART_USER_TTL_S without "
                                   "an event (a tombstone in the changelog)."),
+            rocksdb_memory=gauge("rocksdb_memory_bytes", "The profile table's RocksDB memory, shared by all its "
+                                 "partitions: block_cache (data, index and filter blocks) and memtables.",
+                                 ["kind"]),
         )
