@@ -123,14 +123,13 @@ class WorkerProcess:
             return resp.read().decode()
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample's value from /metrics (0.0 when absent), read with prometheus_client's parser."""
+        """The samples of ``name`` with these labels from /metrics, summed over any other labels (0.0 when
+        absent), read with prometheus_client's parser."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        for family in text_string_to_metric_families(self.metrics_text()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return sum(float(sample.value) for family in text_string_to_metric_families(self.metrics_text())
+                   for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
     def log_tail(self, n: int = 60) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -19,11 +19,6 @@ WORDS = ("amber basalt cobalt dune ember fjord garnet harbor indigo juniper kelp
          "onyx prairie quartz ravine sierra tundra umber violet willow xenon yarrow zephyr").split()
 
 
-def scrape_sum(worker, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in worker.metrics_text().splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
-
-
 def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     """Hundreds of never-seen queries make batches that encode for seconds on a CPU; requests sent
     meanwhile must not wait for them (before issue 11 a request waited for the whole batch)."""
@@ -31,9 +26,9 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     # 60 words fill the encoder's 64-token window: the longest (so slowest) batch a query can make,
     # so a fast CI machine still spends long enough in each forward pass to tell waiting from not.
     texts = [" ".join(rng.choice(WORDS) for _ in range(60)) + f" {i}" for i in range(400)]
-    encode0 = scrape_sum(worker, "coldstart_encode_seconds_sum")
-    batches0 = scrape_sum(worker, "coldstart_encode_seconds_count")
-    in0 = scrape_sum(worker, "coldstart_events_in_total")
+    encode0 = worker.metric("coldstart_encode_seconds_sum")
+    batches0 = worker.metric("coldstart_encode_seconds_count")
+    in0 = worker.metric("coldstart_events_in_total")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
     for text in texts:
         user = unique("rt")
@@ -57,19 +52,19 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     deadline = time.monotonic() + 300
-    while scrape_sum(worker, "coldstart_events_in_total") < in0 + len(texts):
+    while worker.metric("coldstart_events_in_total") < in0 + len(texts):
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.2)
     # the last batch is counted as it starts: wait for its encode to finish too
-    while scrape_sum(worker, "coldstart_encode_seconds_sum") == encode0 or \
-            scrape_sum(worker, "coldstart_profile_updates_total") < 1:
+    while worker.metric("coldstart_encode_seconds_sum") == encode0 or \
+            worker.metric("coldstart_profile_updates_total") < 1:
         time.sleep(0.2)
     time.sleep(1.0)
     done.set()
     poller.join(timeout=60)
 
-    batches = scrape_sum(worker, "coldstart_encode_seconds_count") - batches0
-    mean_encode = (scrape_sum(worker, "coldstart_encode_seconds_sum") - encode0) / max(batches, 1)
+    batches = worker.metric("coldstart_encode_seconds_count") - batches0
+    mean_encode = (worker.metric("coldstart_encode_seconds_sum") - encode0) / max(batches, 1)
     print(f"{batches:.0f} batches, mean encode {mean_encode:.2f} s, slowest request {max(latencies, default=0):.3f} s")
     assert mean_encode > 0.5, f"batches encoded in {mean_encode:.2f} s on average: too fast to tell anything"
     assert len(latencies) >= 5

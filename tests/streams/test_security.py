@@ -58,10 +58,7 @@ def send(bootstrap: str, value: bytes) -> None:
 
 
 def refused(worker: WorkerProcess, reason: str) -> float:
-    for line in worker.metrics_text().splitlines():
-        if line.startswith(f'coldstart_model_swaps_refused_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return worker.metric("coldstart_model_swaps_refused_total", reason=reason)
 
 
 def wait_refused(worker: WorkerProcess, reason: str, timeout: float = 60.0) -> None:
@@ -118,7 +115,7 @@ def test_only_signed_fresh_announcements_switch_the_model(locked_worker, version
     send(kafka_bootstrap, announcement(registry, second, secret=SECRET, now=genuine.announced_ts - 60).dumps())
     wait_refused(worker, "replayed")
     assert serving(worker) == first
-    assert "coldstart_model_swaps_total 1.0" in worker.metrics_text()
+    assert worker.metric("coldstart_model_swaps_total") == 1.0
 
 
 def test_api_wants_the_bearer_token(locked_worker):
