@@ -24,8 +24,10 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-import numpy as np
+import torch
 
+from coldstart.model.profile import popularity_blend, profile_vectors, recency_weights
+from coldstart.model.retrieval import item_text_vector, score_items, top_k
 from coldstart.replay.events import ReplayEvent
 
 __all__ = [
@@ -204,7 +206,7 @@ class TextVectors:
     def __init__(self, encoder, capacity: int = 200_000) -> None:
         self.encoder = encoder
         self.capacity = capacity
-        self.rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.rows: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @property
     def dim(self) -> int:
@@ -213,13 +215,13 @@ class TextVectors:
     def prefetch(self, texts: Iterable[str]) -> None:
         missing = sorted({t for t in texts if t and t not in self.rows})
         if missing:
-            vecs = self.encoder.encode(missing).cpu().numpy()
+            vecs = self.encoder.encode(missing).detach().to("cpu", torch.float32)
             for text, vec in zip(missing, vecs):
                 self.rows[text] = vec
             while len(self.rows) > self.capacity:
                 self.rows.popitem(last=False)
 
-    def get(self, text: str) -> np.ndarray:
+    def get(self, text: str) -> torch.Tensor:
         if text not in self.rows:
             self.prefetch([text])
         return self.rows[text]
@@ -229,8 +231,9 @@ class ZeroShotProfile:
     """A user's profile = recency-weighted mean of their recent event vectors (a search: its query; a
     click: the item); items = their title, or the count-weighted mean of the queries that led to
     clicks on them (past clicks only). Score = cosine; with ``blend`` the live scorer's popularity mix
-    ``(1 - a(n)) * cos + a(n) * popularity`` with ``a(0) = 1`` and ``a(n) = 1 / (2 + n)`` (the worker's
-    ``coldstart.model.profile.popularity_blend`` defaults).
+    ``(1 - a(n)) * cos + a(n) * popularity``. The math is the worker's own (``coldstart.model``:
+    ``recency_weights``, ``profile_vectors``, ``item_text_vector``, ``popularity_blend``,
+    ``score_items``) with its defaults; only the state is kept here, event by event, on the CPU.
     """
 
     def __init__(self, vectors: TextVectors, *, blend: bool = False, half_life_s: float = 3600.0,
@@ -246,8 +249,8 @@ class ZeroShotProfile:
         self.row: dict[str, int] = {}
         self.titles: dict[str, str] = {}
         self.queries: dict[str, Counter[str]] = defaultdict(Counter)
-        self.matrix = np.zeros((1024, vectors.dim), dtype=np.float32)
-        self.valid = np.zeros(1024, dtype=bool)
+        self.matrix = torch.zeros(1024, vectors.dim)
+        self.valid = torch.zeros(1024, dtype=torch.bool)
 
     def learn_one(self, event: ReplayEvent) -> None:
         v = event.value
@@ -268,48 +271,46 @@ class ZeroShotProfile:
             if query and item not in self.titles:
                 self.queries[item][str(query)] += 1
                 counts = self.queries[item]
-                texts = list(counts)
-                weights = np.array([counts[t] for t in texts], dtype=np.float32)
-                mean = (weights[:, None] * np.stack([self.vectors.get(t) for t in texts])).sum(0)
-                self._set(item, mean / max(float(np.linalg.norm(mean)), 1e-12))
+                self._set(item, item_text_vector(torch.stack([self.vectors.get(t) for t in counts]),
+                                                 torch.tensor(list(counts.values()))))
             elif item not in self.row:
                 self._row_for(item)
 
-    def profile(self, user: str) -> np.ndarray | None:
-        events = self.events.get(user)
-        if not events:
-            return None
-        newest = max(ts for ts, _, _ in events)
-        total = np.zeros(self.vectors.dim, dtype=np.float32)
-        for ts, kind, ref in events:
+    def profile(self, user: str) -> torch.Tensor | None:
+        vecs, times = [], []
+        for ts, kind, ref in self.events.get(user, ()):
             if kind == "i":
                 row = self.row.get(ref)
                 if row is None or not self.valid[row]:
                     continue
-                vec = self.matrix[row]
+                vecs.append(self.matrix[row])
             else:
-                vec = self.vectors.get(ref)
-            total += vec * 0.5 ** ((newest - ts) / self.half_life_s)
-        norm = float(np.linalg.norm(total))
-        return total / norm if norm > 0 else None
+                vecs.append(self.vectors.get(ref))
+            times.append(ts)
+        if not vecs:
+            return None
+        ts = torch.tensor(times, dtype=torch.float64)
+        weights = recency_weights(ts, now=float(ts.max()), half_life_s=self.half_life_s)
+        profile = profile_vectors(torch.stack(vecs), weights, torch.zeros(len(vecs), dtype=torch.long), 1)[0]
+        return profile if bool(profile.any()) else None
 
     def rank(self, user: str, query: str | None, k: int) -> list[str]:
         profile = self.profile(user)
         n = len(self.ids)
         if profile is None or n == 0:
             return self.popularity.rank(user, None, k)
-        valid = self.valid[:n]
-        scores = self.matrix[:n] @ profile
+        popularity = torch.zeros(n)
+        a = torch.zeros(1)
         if self.blend:
-            a = 1.0 if self.n_events[user] == 0 else 1.0 / (2.0 + self.n_events[user])
-            pop = np.zeros(n, dtype=np.float32)
             for item, p in self.popularity.normalized().items():
-                pop[self.row[item]] = p
-            scores = (1.0 - a) * scores + a * pop
-        scores = np.where(valid, scores, -np.inf)
+                popularity[self.row[item]] = p
+            a = popularity_blend(torch.tensor([self.n_events[user]]))
+        scores = score_items(profile[None], self.matrix[:n], popularity, a)[0]
+        valid = self.valid[:n]
         m = min(k, int(valid.sum()))
-        top = np.argpartition(-scores, m - 1)[:m] if m < n else np.arange(n)
-        top = sorted(top.tolist(), key=lambda r: (-scores[r], self.ids[r]))[:m]
+        _, top = top_k(scores[None], m, exclude=~valid[None])
+        # Ties break on item id so runs are reproducible.
+        top = sorted(top[0].tolist(), key=lambda r: (-float(scores[r]), self.ids[r]))
         ranked = [self.ids[r] for r in top]
         if len(ranked) < k:
             ranked += self.popularity.rank(user, None, k - len(ranked), skip=ranked)
@@ -320,13 +321,13 @@ class ZeroShotProfile:
         if row is None:
             row = len(self.ids)
             if row >= self.matrix.shape[0]:
-                self.matrix = np.concatenate([self.matrix, np.zeros_like(self.matrix)])
-                self.valid = np.concatenate([self.valid, np.zeros_like(self.valid)])
+                self.matrix = torch.cat([self.matrix, torch.zeros_like(self.matrix)])
+                self.valid = torch.cat([self.valid, torch.zeros_like(self.valid)])
             self.ids.append(item)
             self.row[item] = row
         return row
 
-    def _set(self, item: str, vec: np.ndarray) -> None:
+    def _set(self, item: str, vec: torch.Tensor) -> None:
         row = self._row_for(item)
         self.matrix[row] = vec
         self.valid[row] = True
