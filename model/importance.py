@@ -250,7 +250,7 @@ def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | No
     >>> estimator_score("loss_quantile", torch.tensor([2.0, 4.0, 8.0]), line=4.0)
     tensor([0.5000, 1.0000, 0.0183])
     """
-    check_estimator(name)
+    check_estimator(name, "estimator", live=False)
     if name == "uniform":
         return torch.ones_like(loss, dtype=torch.float32)
     if name == "loss":

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from coldstart.errors import ConfigError
 from coldstart.model.importance import (RunningQuantile, bounded, catalog_loss, cold_factor, estimator_score,
                                         importance_weight, plausibility, search_importance)
 from coldstart.model.items import ClickEvidence
@@ -46,10 +45,8 @@ class BatchProcessor:
         # Issue 9: called with each batch's fresh events before they are applied (the recommender's
         # prequential ranker step and stream statistics); None in callers that only need profiles.
         self.click_hook = None
-        # issue 10: the click-importance estimator; its noise line follows the click-loss distribution.
-        if settings.importance_estimator == "reducible_loss":
-            raise ConfigError("COLDSTART_IMPORTANCE_ESTIMATOR=reducible_loss needs a holdout-trained reference "
-                              "model, which only `coldstart bench importance` builds; pick another estimator")
+        # issue 10: the click-importance estimator (Settings admits only those a worker can compute); its
+        # noise line follows the click-loss distribution.
         self.loss_line = RunningQuantile(q=0.8, alpha=0.1)
 
     def swap(self, model: ServingModel) -> None:
