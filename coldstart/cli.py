@@ -103,12 +103,17 @@ def run_worker(s: Settings, loglevel: str = "info") -> None:
 def trainer(bootstrap_servers: Optional[str] = Bootstrap,
             registry_uri: Optional[str] = typer.Option(None, help="model registry path or URI [COLDSTART_REGISTRY_URI]"),
             buffer_dir: Optional[Path] = typer.Option(None, help="Parquet sample buffer [COLDSTART_BUFFER_DIR]"),
-            round_every_s: float = typer.Option(600.0, help="a fine-tuning round at least this often (T)"),
-            round_min_samples: int = typer.Option(2000, help="... or after this many new samples (M)"),
-            steps: int = typer.Option(200, help="optimizer steps per round"),
-            sampling: str = typer.Option("importance", help="importance | weighted_loss | uniform"),
-            time_budget_s: float = typer.Option(300.0, help="wall-clock bound of one round"),
-            gate_tolerance: float = typer.Option(0.005, help="Recall@10/NDCG@10 a candidate may lose and still ship"),
+            round_every_s: Optional[float] = typer.Option(
+                None, help="a fine-tuning round at least this often (T) [COLDSTART_TRAINER_ROUND_EVERY_S, 600]"),
+            round_min_samples: Optional[int] = typer.Option(
+                None, help="... or after this many new samples (M) [COLDSTART_TRAINER_ROUND_MIN_SAMPLES, 2000]"),
+            steps: Optional[int] = typer.Option(None, help="optimizer steps per round [COLDSTART_TRAINER_STEPS, 200]"),
+            sampling: Optional[str] = typer.Option(
+                None, help="importance | weighted_loss | uniform [COLDSTART_TRAINER_SAMPLING, importance]"),
+            time_budget_s: Optional[float] = typer.Option(
+                None, help="wall-clock bound of one round [COLDSTART_TRAINER_TIME_BUDGET_S, 300]"),
+            gate_tolerance: Optional[float] = typer.Option(
+                None, help="Recall@10/NDCG@10 a candidate may lose and still ship [COLDSTART_TRAINER_TOLERANCE, 0.005]"),
             metrics_port: Optional[int] = typer.Option(6067, help="Prometheus /metrics port of the trainer"),
             device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]")) -> None:
     """Buffer training.samples, fine-tune periodically, gate, publish and announce new versions."""
@@ -116,12 +121,13 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
     from coldstart.trainer.service import run_trainer
 
     s = _settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri, buffer_dir=buffer_dir,
-                  device=device)
+                  device=device, trainer=dict(round_every_s=round_every_s, round_min_samples=round_min_samples,
+                                              steps=steps, sampling=sampling, time_budget_s=time_budget_s,
+                                              tolerance=gate_tolerance))
     ensure_topics(s)
     console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
-                  f"round every {round_every_s:.0f} s or {round_min_samples} samples")
-    run_trainer(s, round_every_s=round_every_s, round_min_samples=round_min_samples, metrics_port=metrics_port,
-                steps=steps, sampling=sampling, time_budget_s=time_budget_s, tolerance=gate_tolerance)
+                  f"round every {s.trainer.round_every_s:.0f} s or {s.trainer.round_min_samples} samples")
+    run_trainer(s, metrics_port=metrics_port)
 
 
 models_app = typer.Typer(help="The model registry: list versions, roll back.", no_args_is_help=True)

@@ -27,6 +27,47 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """The trainer's section, ``COLDSTART_TRAINER_<FIELD>`` (``coldstart trainer`` flags win)."""
+
+    round_every_s: float = 600.0  # a round at least this often when new samples arrived
+    round_min_samples: int = 2_000  # ... or as soon as this many new samples arrived
+    min_train_samples: int = 64  # no round below this many buffered samples
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-5
+    sampling: str = "importance"  # importance | weighted_loss | uniform (trainer/rounds.py)
+    time_budget_s: float = 300.0
+    holdout_fraction: float = 0.1
+    max_holdout: int = 2_000
+    tolerance: float = 0.005  # absolute recall@10 / ndcg@10 a candidate may lose and still ship
+    buffer_max_bytes: int = 1 << 30
+    buffer_max_age_s: float = 7 * 86_400.0
+    keep_versions: int = 5
+    poll_max_records: int = 5_000
+    poll_timeout_s: float = 1.0
+    seed: int = 0
+
+    PREFIX = PREFIX + "TRAINER_"
+
+    def __post_init__(self) -> None:
+        from coldstart.trainer.rounds import SAMPLING_MODES  # the trainer owns the names
+
+        if self.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"{self.PREFIX}SAMPLING={self.sampling!r} is not one of {', '.join(SAMPLING_MODES)} "
+                              "(coldstart trainer --sampling)")
+        for name in ("round_min_samples", "min_train_samples", "steps", "batch_size", "max_holdout",
+                     "keep_versions", "poll_max_records"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{self.PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"{self.PREFIX}HOLDOUT_FRACTION must be between 0 and 1, got {self.holdout_fraction}")
+
+
+SECTIONS = {"trainer": TrainerSettings}  # nested sections of Settings, each with its own variable prefix
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -92,24 +133,40 @@ class Settings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = dataclasses.field(default="", repr=False)
     kafka_ssl_cafile: str = ""  # CA bundle for SSL/SASL_SSL; empty = the system's trust store
+    # Sections
+    trainer: TrainerSettings = dataclasses.field(default_factory=TrainerSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Build settings from ``COLDSTART_<FIELD>`` variables, then ``overrides`` (None = unset)."""
+        """Build settings from ``COLDSTART_<FIELD>`` (and ``COLDSTART_<SECTION>_<FIELD>``) variables, then
+        ``overrides`` (None = unset; a section takes a dict of its fields or the section itself)."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            raw = environ.get(PREFIX + field.name.upper())
-            if raw is not None and raw != "":
-                values[field.name] = _coerce(field, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown settings: {sorted(unknown)}")
-        for field in dataclasses.fields(cls):
-            if field.name in values and not isinstance(values[field.name], str):
-                values[field.name] = _coerce(field, str(values[field.name]))
+        values = _read(cls, PREFIX, environ, {k: v for k, v in overrides.items() if k not in SECTIONS})
+        for name, section in SECTIONS.items():
+            given = overrides.get(name)
+            if isinstance(given, section):
+                values[name] = given
+            else:
+                values[name] = section(**_read(section, section.PREFIX, environ, given or {}))
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the ``COLDSTART_*`` variables that ``from_env`` reads back: how a parent hands
+        its settings to a child process (secrets included: the child needs them; never log this dict).
+
+        >>> env = Settings(partitions=2, trainer=TrainerSettings(steps=7)).to_env()
+        >>> env["COLDSTART_PARTITIONS"], env["COLDSTART_TRAINER_STEPS"]
+        ('2', '7')
+        >>> Settings.from_env(env) == Settings(partitions=2, trainer=TrainerSettings(steps=7))
+        True
+        """
+        out: dict[str, str] = {}
+        for obj, prefix in [(self, PREFIX)] + [(getattr(self, n), SECTIONS[n].PREFIX) for n in SECTIONS]:
+            for field in dataclasses.fields(obj):
+                if field.name not in SECTIONS:
+                    value = getattr(obj, field.name)
+                    out[prefix + field.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
 
     def __post_init__(self) -> None:
         # Checked where it is read, so a typo fails at start-up with the variable's name, not deep in torch.
@@ -134,7 +191,25 @@ class Settings:
         return ",".join(f"kafka://{hp.strip()}" for hp in self.bootstrap_servers.split(",") if hp.strip())
 
 
-def _coerce(field: dataclasses.Field, raw: str) -> Any:
+def _read(cls: type, prefix: str, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``cls`` set by ``<prefix><FIELD>`` variables, then by ``overrides``, coerced."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in SECTIONS}
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        raw = environ.get(prefix + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(field, raw, prefix)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown settings: {sorted(unknown)}")
+    for name in values:
+        if not isinstance(values[name], str):
+            values[name] = _coerce(fields[name], str(values[name]), prefix)
+    return values
+
+
+def _coerce(field: dataclasses.Field, raw: str, prefix: str = PREFIX) -> Any:
     kind = field.type if isinstance(field.type, str) else field.type.__name__
     try:
         if kind == "int":
@@ -147,4 +222,4 @@ def _coerce(field: dataclasses.Field, raw: str) -> Any:
             return Path(raw)
         return raw
     except ValueError as exc:
-        raise ConfigError(f"{PREFIX}{field.name.upper()}={raw!r} is not a valid {kind}") from exc
+        raise ConfigError(f"{prefix}{field.name.upper()}={raw!r} is not a valid {kind}") from exc

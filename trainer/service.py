@@ -24,10 +24,10 @@ from typing import Any
 import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from coldstart.errors import BadEvent, ConfigError, KafkaUnavailable
+from coldstart.errors import BadEvent, KafkaUnavailable
 from coldstart.failpoints import crash_point
 from coldstart.kafka_security import aiokafka_options
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
 from coldstart import contract
@@ -35,39 +35,11 @@ from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_
 from coldstart.trainer.buffer import SampleBuffer
 from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
-from coldstart.trainer.rounds import SAMPLING_MODES, RoundResult, Sampling, encode_texts, fine_tune
+from coldstart.trainer.rounds import RoundResult, encode_texts, fine_tune
 
 log = logging.getLogger(__name__)
 
 ROUND_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainerConfig:
-    """The trainer's knobs (the lead wires them to Settings / CLI flags)."""
-
-    round_every_s: float = 600.0  # a round at least this often when new samples arrived
-    round_min_samples: int = 2_000  # ... or as soon as this many new samples arrived
-    min_train_samples: int = 64  # no round below this many buffered samples
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 2e-5
-    sampling: Sampling = "importance"
-    time_budget_s: float = 300.0
-    holdout_fraction: float = 0.1
-    max_holdout: int = 2_000
-    tolerance: float = 0.005  # absolute recall@10 / ndcg@10 a candidate may lose and still ship
-    buffer_max_bytes: int = 1 << 30
-    buffer_max_age_s: float = 7 * 86_400.0
-    keep_versions: int = 5
-    poll_max_records: int = 5_000
-    poll_timeout_s: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.sampling not in SAMPLING_MODES:
-            raise ConfigError(f"sampling {self.sampling!r} is not one of {', '.join(SAMPLING_MODES)} "
-                              "(coldstart trainer --sampling)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +105,10 @@ class RoundReport:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, config: TrainerConfig = TrainerConfig(), *,
+    def __init__(self, settings: Settings, config: TrainerSettings | None = None, *,
                  metrics: TrainerMetrics | None = None, encoder: TextEncoder | None = None) -> None:
         self.settings = settings
-        self.config = config
+        self.config = config or settings.trainer
         self.metrics = metrics or TrainerMetrics.create(CollectorRegistry())
         for outcome in ("published", "refused", "skipped", "failed"):  # series exist before the first round,
             self.metrics.rounds.labels(outcome)  # so alert ratios over them are defined (issue 12)
@@ -395,12 +367,9 @@ class Trainer:
 
 
 # -------------------------------------------------------------------------------- entry points
-def run_trainer(settings: Settings, *, round_every_s: float = TrainerConfig.round_every_s,
-                round_min_samples: int = TrainerConfig.round_min_samples, metrics_port: int | None = None,
-                registry: CollectorRegistry | None = None, stop: asyncio.Event | None = None,
-                **config: Any) -> None:
-    """``coldstart trainer``: run until interrupted. ``config`` takes any other TrainerConfig field."""
-    cfg = TrainerConfig(round_every_s=round_every_s, round_min_samples=round_min_samples, **config)
+def run_trainer(settings: Settings, *, metrics_port: int | None = None, registry: CollectorRegistry | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """``coldstart trainer``: run until interrupted, with the knobs of ``settings.trainer``."""
     registry = registry or CollectorRegistry()
     if metrics_port is not None:
         from prometheus_client import start_http_server
@@ -409,7 +378,7 @@ def run_trainer(settings: Settings, *, round_every_s: float = TrainerConfig.roun
     if not settings.announce_secret:
         log.warning("COLDSTART_ANNOUNCE_SECRET is not set: announcements are signed with the public development "
                     "key, which authenticates nothing; set the same secret on the trainer and every worker")
-    trainer = Trainer(settings, cfg, metrics=TrainerMetrics.create(registry))
+    trainer = Trainer(settings, metrics=TrainerMetrics.create(registry))
     asyncio.run(trainer.run(stop))
 
 

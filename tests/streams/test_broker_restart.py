@@ -16,7 +16,7 @@ from coldstart.bench.stack import scrape  # prometheus_client's parser
 from coldstart.kafka_local import LocalKafka, free_port
 from coldstart.settings import Settings
 from coldstart.trainer.buffer import SampleBuffer
-from coldstart.trainer.service import TrainerConfig
+from coldstart.settings import TrainerSettings
 from tests.streams.conftest import WorkerProcess, unique
 from tests.trainer.test_crash_points import trainer
 from tests.trainer.test_trainer_kafka import sample
@@ -101,6 +101,6 @@ def test_worker_and_trainer_reconnect_after_broker_restart_and_lose_nothing(brok
         w.stop()
         t.send_signal(signal.SIGTERM)
         t.wait(timeout=60)
-    ids = SampleBuffer(settings.buffer_dir, TrainerConfig.buffer_max_bytes, TrainerConfig.buffer_max_age_s) \
+    ids = SampleBuffer(settings.buffer_dir, TrainerSettings.buffer_max_bytes, TrainerSettings.buffer_max_age_s) \
         .read().column("sample_id").to_pylist()
     assert sorted(ids) == sorted(s.sample_id for s in samples)  # each once, none lost

@@ -25,9 +25,9 @@ import pytest
 from coldstart.failpoints import POINTS
 from coldstart.kafka_local import free_port
 from coldstart.model.registry import Registry
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 from coldstart.trainer.buffer import SampleBuffer
-from coldstart.trainer.service import TrainerConfig, latest_announcement
+from coldstart.trainer.service import latest_announcement
 from tests.streams.conftest import WorkerProcess, unique
 from tests.trainer.test_trainer_kafka import sample, send
 
@@ -98,7 +98,7 @@ def test_a_trainer_killed_at_any_step_recovers_to_an_agreeing_state(point, kafka
         restarted.send_signal(signal.SIGTERM)
         restarted.wait(timeout=60)
     # the buffer holds each sample once, none lost (the crash may have come before the offset commit)
-    buffer = SampleBuffer(settings.buffer_dir, TrainerConfig.buffer_max_bytes, TrainerConfig.buffer_max_age_s)
+    buffer = SampleBuffer(settings.buffer_dir, TrainerSettings.buffer_max_bytes, TrainerSettings.buffer_max_age_s)
     ids = buffer.read().column("sample_id")
     mine = pc.filter(ids, pc.starts_with(ids, f"{tag}-")).to_pylist()
     assert sorted(mine) == sorted(s.sample_id for s in sent)

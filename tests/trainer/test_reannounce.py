@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from coldstart.settings import Settings
-from coldstart.trainer.service import Trainer, TrainerConfig, latest_announcement
+from coldstart.settings import Settings, TrainerSettings
+from coldstart.trainer.service import Trainer, latest_announcement
 from tests.streams.conftest import unique
 from tests.trainer.test_service import make_samples
 
@@ -22,7 +22,7 @@ def test_restarted_trainer_announces_a_current_that_was_never_announced(kafka_bo
     settings = Settings(bootstrap_servers=kafka_bootstrap, partitions=2, app_id=unique("cs-ra"), device="cpu",
                         buffer_dir=tmp_path / "buffer", registry_uri=str(tmp_path / "registry"))
     ensure_topics(settings)
-    cfg = TrainerConfig(round_min_samples=24, min_train_samples=16, steps=2, batch_size=8,
+    cfg = TrainerSettings(round_min_samples=24, min_train_samples=16, steps=2, batch_size=8,
                         holdout_fraction=0.25, tolerance=1.0)
     crashed = Trainer(settings, cfg)
     crashed.ingest(make_samples(24))

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 from coldstart.errors import BadEvent
 from coldstart.model.encoder import TextEncoder
 from coldstart.contract import TrainingSample
-from coldstart.trainer.service import Trainer, TrainerConfig, TrainerMetrics, list_versions
+from coldstart.trainer.service import Trainer, TrainerMetrics, list_versions
 
 pytestmark = pytest.mark.model
 
@@ -40,7 +40,7 @@ def make_trainer(tmp_path: Path, encoder: TextEncoder):
     def _make(**config) -> tuple[Trainer, CollectorRegistry]:
         settings = Settings.from_env({}, buffer_dir=tmp_path / "buffer", registry_uri=str(tmp_path / "registry"),
                                      device="cpu")
-        cfg = TrainerConfig(**{"round_every_s": 3600, "round_min_samples": 24, "min_train_samples": 16,
+        cfg = TrainerSettings(**{"round_every_s": 3600, "round_min_samples": 24, "min_train_samples": 16,
                                "steps": 2, "batch_size": 8, "lr": 1e-5, "holdout_fraction": 0.25,
                                **config})
         registry = CollectorRegistry()

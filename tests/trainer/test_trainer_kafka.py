@@ -10,10 +10,10 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 from coldstart.contract import TrainingSample
 from tests.streams.conftest import WorkerProcess, unique
-from coldstart.trainer.service import Trainer, TrainerConfig
+from coldstart.trainer.service import Trainer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp
     send(kafka_bootstrap, first + first[:10])  # 10 redelivered
 
     async def run_first() -> int:
-        trainer = Trainer(settings, TrainerConfig(round_min_samples=10_000))
+        trainer = Trainer(settings, TrainerSettings(round_min_samples=10_000))
         await trainer.start()
         try:
             return await drain(trainer, 40)
@@ -67,7 +67,7 @@ def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp
     send(kafka_bootstrap, second + first[:5])
 
     async def run_second() -> tuple[int, int]:
-        trainer = Trainer(settings, TrainerConfig(round_min_samples=10_000))
+        trainer = Trainer(settings, TrainerSettings(round_min_samples=10_000))
         assert trainer.buffer.n_samples == 40  # durable across the restart
         await trainer.start()
         try:
@@ -78,7 +78,7 @@ def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp
 
     added, total = asyncio.run(run_second())
     assert (added, total) == (20, 60)
-    ids = Trainer(settings, TrainerConfig()).buffer.read().column("sample_id").to_pylist()
+    ids = Trainer(settings, TrainerSettings()).buffer.read().column("sample_id").to_pylist()
     assert sorted(ids) == sorted(s.sample_id for s in first + second)
 
 
@@ -111,7 +111,7 @@ def test_worker_samples_train_a_version_the_worker_then_serves(kafka_bootstrap, 
             producer.send("events.click", key=u.encode(), value=json.dumps(ev).encode())
         producer.flush()
         producer.close()
-        config = TrainerConfig(round_min_samples=100, min_train_samples=32, steps=4, batch_size=8,
+        config = TrainerSettings(round_min_samples=100, min_train_samples=32, steps=4, batch_size=8,
                                time_budget_s=60, tolerance=1.0, holdout_fraction=0.2)
 
         async def train() -> str | None:
