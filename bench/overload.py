@@ -57,7 +57,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
     items = [e for e in events if e.type == "item"]
     with LocalStack(settings) as stack:
         asyncio.run(produce(items + base[:capacity_events], stack.bootstrap, progress=False))  # warms the cache
-        worker = stack.start_worker({"COLDSTART_ANOMALY_GUARD": "false"})
+        worker = stack.start_worker(anomaly_guard=False)
         wait_total([worker], "coldstart_events_in_total", capacity_events, timeout=3000)
         stack.wait_ready()
 

@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coldstart.settings import Settings
 
@@ -59,14 +60,15 @@ class LocalStack:
         self.settings = self.settings.replace(bootstrap_servers=self.bootstrap)
         ensure_topics(self.settings)
 
-    def start_worker(self, extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    def start_worker(self, **changes: Any) -> WorkerProcess:
+        """A worker process with this stack's settings, ``changes`` applied (e.g. ``anomaly_guard=False``)."""
         from coldstart.kafka_local import free_port
 
         port = free_port()
         n = len(self.workers)
-        env = {**os.environ, "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap, "COLDSTART_WEB_PORT": str(port),
-               "COLDSTART_DATA_DIR": str(self.tmp / f"worker{n}"), "COLDSTART_APP_ID": self.app_id,
-               **(extra_env or {})}
+        settings = self.settings.replace(bootstrap_servers=self.bootstrap, web_port=port,
+                                         data_dir=self.tmp / f"worker{n}", app_id=self.app_id, **changes)
+        env = {**os.environ, **settings.to_env()}
         proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
                                 env=env, stdout=open(self.tmp / f"worker{n}.log", "wb"), stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, port)

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldstart.errors import ColdstartError
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 
 console = Console()
 
@@ -38,8 +38,8 @@ DEMO_DIR = Path("var/demo")
 # (measured here: 0.652 vs 0.640 Recall@10, and 0.532 vs 0.597), so the demo's gate lets a candidate
 # lose up to 0.10 (production default: 0.005) and the demo prints both scores with each round.
 DEMO_GATE_TOLERANCE = 0.10
-TRAINER_ARGS = ["--round-every-s", "15", "--round-min-samples", "300", "--steps", "30",
-                "--time-budget-s", "90", "--gate-tolerance", str(DEMO_GATE_TOLERANCE)]
+DEMO_TRAINER = TrainerSettings(round_every_s=15, round_min_samples=300, steps=30, time_budget_s=90,
+                               tolerance=DEMO_GATE_TOLERANCE)
 SWAP_TIMEOUT_S = 600.0
 
 
@@ -89,10 +89,10 @@ def _run_loop(s: Settings, children: list, *, n_events: int, rate: float, datase
     root = DEMO_DIR / run_id
     root.mkdir(parents=True, exist_ok=True)
     trainer_port = _port_or_free(6067)
-    env = {**os.environ, "COLDSTART_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-           "COLDSTART_APP_ID": f"coldstart-demo-{run_id}", "COLDSTART_WEB_PORT": str(s.web_port),
-           "COLDSTART_DATA_DIR": str(root / "worker"), "COLDSTART_REGISTRY_URI": str(root / "registry"),
-           "COLDSTART_BUFFER_DIR": str(root / "buffer")}
+    # The children get these settings whole (Settings.to_env), the demo's small trainer rounds included.
+    env = {**os.environ, **s.replace(app_id=f"coldstart-demo-{run_id}", data_dir=root / "worker",
+                                     registry_uri=str(root / "registry"), buffer_dir=root / "buffer",
+                                     trainer=DEMO_TRAINER).to_env()}
     base = f"http://{s.web_host}:{s.web_port}"
     console.print(f"[bold]3/6[/] worker on {base} (logs in {root})")
     worker = _spawn(["worker"], env, root / "worker.log", children)
@@ -115,19 +115,19 @@ def _run_loop(s: Settings, children: list, *, n_events: int, rate: float, datase
     counts = collections.Counter(e.key for e in events if e.type in ("search", "click"))
     user, n_user = counts.most_common(1)[0]
     console.print(f"      waiting for the worker to apply them (user {user} has {n_user} events) ...")
-    wait_events(base, user, n_user, timeout=_left(deadline, 900))
-    before = show_user(base, user, "before any training")
+    wait_events(base, user, n_user, timeout=_left(deadline, 900), token=s.api_token)
+    before = show_user(base, user, "before any training", token=s.api_token)
 
     # The trainer starts now, so the table above is the untrained model's: it reads every sample the
     # worker produced from the start of training.samples.
     console.print(f"[bold]5/6[/] trainer (metrics on :{trainer_port}); waiting for it to publish a version "
                   "and the worker to swap it in")
-    trainer = _spawn(["trainer", "--metrics-port", str(trainer_port), *TRAINER_ARGS], env,
+    trainer = _spawn(["trainer", "--metrics-port", str(trainer_port)], env,
                      root / "trainer.log", children)
     version = wait_swap(base, f"http://{s.web_host}:{trainer_port}/metrics", before["model_version"],
                         timeout=_left(deadline, SWAP_TIMEOUT_S), procs=(worker, trainer))
     if version is not None:
-        show_user(base, user, f"after the swap to {version}")
+        show_user(base, user, f"after the swap to {version}", token=s.api_token)
     console.print(f"[bold]6/6[/] where to look:\n  {base}/users/{user}/recommendations?k=10\n"
                   f"  {base}/metrics and http://{s.web_host}:{trainer_port}/metrics (Prometheus)\n"
                   f"  {base}/health\n  coldstart models list  (COLDSTART_REGISTRY_URI={root / 'registry'})")
@@ -187,11 +187,11 @@ def _trainer_state(url: str) -> tuple[dict[str, float], dict[str, float]]:
     return {k: v for k, v in rounds.items() if v > 0}, recall
 
 
-def wait_events(base: str, user: str, n_events: int, timeout: float) -> None:
+def wait_events(base: str, user: str, n_events: int, timeout: float, token: str = "") -> None:
     end = time.monotonic() + timeout
     next_report = time.monotonic() + 20
     while time.monotonic() < end:
-        body = get_json(f"{base}/users/{user}/recommendations?k=1", token=True)
+        body = get_json(f"{base}/users/{user}/recommendations?k=1", token=token)
         if body.get("n_events", 0) >= n_events:
             return
         if time.monotonic() > next_report:  # on a busy CPU the first batches take a while: show progress
@@ -201,8 +201,8 @@ def wait_events(base: str, user: str, n_events: int, timeout: float) -> None:
     raise ColdstartError(f"user {user} did not reach {n_events} events in {timeout:.0f} s; see the worker log")
 
 
-def show_user(base: str, user: str, when: str) -> dict:
-    body = get_json(f"{base}/users/{user}/recommendations?k=5", token=True)
+def show_user(base: str, user: str, when: str, token: str = "") -> dict:
+    body = get_json(f"{base}/users/{user}/recommendations?k=5", token=token)
     table = Table(title=f"user {user} {when}: {body['n_events']} events, {body['strategy']}, "
                         f"model {body['model_version']}")
     for column in ("item", "score", "text", "because"):
@@ -214,10 +214,11 @@ def show_user(base: str, user: str, when: str) -> dict:
     return body
 
 
-def get_json(url: str, timeout: float = 10.0, token: bool = False) -> dict:
+def get_json(url: str, timeout: float = 10.0, token: str = "") -> dict:
+    """GET a JSON body; ``token``: the API token (COLDSTART_API_TOKEN) as a bearer header."""
     request = urllib.request.Request(url)
-    if token and os.environ.get("COLDSTART_API_TOKEN"):
-        request.add_header("Authorization", f"Bearer {os.environ['COLDSTART_API_TOKEN']}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         return json.loads(resp.read())
 

@@ -520,27 +520,22 @@ class LocalStack:
         from coldstart.streams.topics import ensure_topics
 
         s = self.settings
-        inherited = dict(os.environ)
         if self.bootstrap is None:
             self.kafka = LocalKafka(version=s.kafka_version, port=_free_port(), data_dir=self.workdir / "kafka")
             self.bootstrap = self.kafka.start()
             # the broker started here listens in plaintext: a shop's Kafka credentials are not for it
-            s = s.replace(kafka_security_protocol="PLAINTEXT")
-            inherited = {k: v for k, v in inherited.items() if not k.startswith("COLDSTART_KAFKA_S")}
-        ensure_topics(s.replace(bootstrap_servers=self.bootstrap))
-        env = {**inherited,
-               "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap,
-               "COLDSTART_APP_ID": f"cs-eval-{uuid.uuid4().hex[:8]}",
-               "COLDSTART_DATA_DIR": str(self.workdir / "worker"),
-               "COLDSTART_WEB_PORT": str(self.port),
-               "COLDSTART_PARTITIONS": str(s.partitions),
-               "COLDSTART_SESSION_TIMEOUT_S": "10",
-               # An evaluation replays history as it happened (the 1997-98 Amazon log included): its
-               # worker accepts any past time instead of refusing it as a clock bug (issue 8).
-               "COLDSTART_MIN_EVENT_TS": "0",
-               # Users returning after months are part of what is measured; expiry is a storage
-               # policy, not a recommendation, and the baselines never forget either.
-               "COLDSTART_USER_TTL_S": "0"}
+            s = s.replace(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="",
+                          kafka_ssl_cafile="")
+        s = s.replace(bootstrap_servers=self.bootstrap, app_id=f"cs-eval-{uuid.uuid4().hex[:8]}",
+                      data_dir=self.workdir / "worker", web_port=self.port, session_timeout_s=10.0,
+                      # An evaluation replays history as it happened (the 1997-98 Amazon log included):
+                      # its worker accepts any past time instead of refusing it as a clock bug (issue 8).
+                      min_event_ts=0.0,
+                      # Users returning after months are part of what is measured; expiry is a storage
+                      # policy, not a recommendation, and the baselines never forget either.
+                      user_ttl_s=0.0)
+        ensure_topics(s)
+        env = {**os.environ, **s.to_env()}  # the worker gets exactly these settings
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "worker.log"
         with open(self.log_path, "ab") as log_file:
