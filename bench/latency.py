@@ -12,7 +12,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from coldstart.bench.stack import WorkerProcess, histogram_quantiles, merged_scrape, wait_total
+from coldstart.bench.stack import histogram_quantiles, merged_scrape, wait_total
+from coldstart.local import WorkerProcess
 
 
 @dataclass
@@ -53,7 +54,7 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
         duration = len(events) / rate
         load = None
         if request_users:
-            load = asyncio.create_task(request_load([w.base_url for w in workers], request_users,
+            load = asyncio.create_task(request_load([w.url for w in workers], request_users,
                                                     request_rate, duration))
         await produce(events, bootstrap, rate=rate, progress=False)
         return await load if load else None

@@ -17,15 +17,14 @@ flag; this run is about capacity, not bots. The curve goes to ``overload.png``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from coldstart.bench.stack import LocalStack, counter_sum, rss_bytes, wait_total
+from coldstart.bench.stack import counter_sum, rss_bytes, wait_total
+from coldstart.local import LocalStack
 from coldstart.settings import Settings
 
 
@@ -106,8 +105,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
         checked = rng.sample(sorted(sent_per_user), min(check_users, len(sent_per_user)))
         wrong = {}
         for user in checked:
-            with urllib.request.urlopen(f"{worker.base_url}/users/{user}/recommendations?k=1", timeout=30) as resp:
-                n = json.loads(resp.read())["n_events"]
+            n = worker.get(f"/users/{user}/recommendations?k=1", timeout=30).json()["n_events"]
             if n != sent_per_user[user]:
                 wrong[user] = (n, sent_per_user[user])
 

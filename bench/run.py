@@ -160,7 +160,8 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
     at 500 and 1,000 events/s (texts cached, as in steady state) split into waiting (fetch + batching)
     and processing, recommendation latency at ``request_rate`` while ingesting 500/s, RSS."""
     from coldstart.bench.latency import paced_latency
-    from coldstart.bench.stack import LocalStack, rss_bytes, wait_total
+    from coldstart.bench.stack import rss_bytes, wait_total
+    from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
 
     events = bestbuy_events(settings, limit)

@@ -1,128 +1,18 @@
-"""A local broker and real worker processes for the stream benchmarks (one launcher: ``LocalKafka``).
-
-Workers are subprocesses of ``coldstart worker`` (as a shop runs them), each with its own port and data
-directory, all in one Faust app, so two or four of them split the partitions through the group.
+"""What the stream benchmarks read from real worker processes: counters summed over workers, waits on
+them, histogram quantiles between two scrapes, resident memory. The broker and the workers themselves come
+from the local toolkit (``coldstart.local``), as for the evaluation.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from coldstart.settings import Settings
+import httpx
 
+from coldstart.local import WorkerProcess
 
-@dataclass
-class WorkerProcess:
-    proc: subprocess.Popen
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return self.base_url + "/metrics"
-
-    def scrape(self) -> dict[str, float]:
-        return scrape(self.metrics_url)
-
-    def alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"worker on port {self.port} exited with {self.proc.returncode}")
-
-
-@dataclass
-class LocalStack:
-    """Broker + topics + workers in a temporary directory; ``close()`` stops all of them."""
-
-    settings: Settings
-    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="coldstart-bench-")))
-    app_id: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:6]}")
-    workers: list[WorkerProcess] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        from coldstart.kafka_local import LocalKafka, free_port
-        from coldstart.streams.topics import ensure_topics
-
-        self.kafka = LocalKafka(version=self.settings.kafka_version, port=free_port(), data_dir=self.tmp / "kafka")
-        self.bootstrap = self.kafka.start()
-        self.settings = self.settings.replace(bootstrap_servers=self.bootstrap)
-        ensure_topics(self.settings)
-
-    def start_worker(self, **changes: Any) -> WorkerProcess:
-        """A worker process with this stack's settings, ``changes`` applied (e.g. ``anomaly_guard=False``)."""
-        from coldstart.kafka_local import free_port
-
-        port = free_port()
-        n = len(self.workers)
-        settings = self.settings.replace(bootstrap_servers=self.bootstrap, web_port=port,
-                                         data_dir=self.tmp / f"worker{n}", app_id=self.app_id, **changes)
-        env = {**os.environ, **settings.to_env()}
-        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
-                                env=env, stdout=open(self.tmp / f"worker{n}.log", "wb"), stderr=subprocess.STDOUT)
-        worker = WorkerProcess(proc, port)
-        self.workers.append(worker)
-        return worker
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        """Until every worker's /health says ok (partitions assigned, catalog caught up)."""
-        deadline = time.monotonic() + timeout
-        for w in self.workers:
-            while True:
-                w.alive()
-                try:
-                    with urllib.request.urlopen(w.base_url + "/health", timeout=5) as resp:
-                        if resp.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"worker on port {w.port} not healthy within {timeout} s")
-                time.sleep(0.5)
-
-    def close(self) -> None:
-        for w in self.workers:
-            if w.proc.poll() is None:
-                w.proc.terminate()
-        for w in self.workers:
-            try:
-                w.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-        self.kafka.stop()
-        # the broker's log segments and the workers' RocksDB: gigabytes after a long run
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> "LocalStack":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a Prometheus text page, keyed by ``name{labels}`` (prometheus_client's parser)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+__all__ = ["counter_sum", "histogram_quantiles", "merged_scrape", "rss_bytes", "total_counter", "wait_total"]
 
 
 def counter_sum(metrics: dict[str, float], name: str) -> float:
@@ -135,7 +25,7 @@ def total_counter(workers: list[WorkerProcess], name: str) -> float:
         w.alive()
         try:
             total += counter_sum(w.scrape(), name)
-        except OSError:
+        except httpx.HTTPError:  # not listening yet
             pass
     return total
 

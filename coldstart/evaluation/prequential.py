@@ -24,15 +24,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coldstart import local
 from coldstart.errors import ColdstartError, KafkaUnavailable
 from coldstart.evaluation.baselines import Baseline
 from coldstart.evaluation.records import Ranking, TaskRun, write_rankings
@@ -474,14 +468,9 @@ def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = Fa
 
 
 # ---------------------------------------------------------------------------------- launcher
-def _free_port() -> int:
-    from coldstart.kafka_local import free_port
-
-    return free_port()
-
-
-class LocalStack:
-    """A broker (started here unless ``bootstrap`` is given) and one fresh worker subprocess.
+class LocalStack(local.LocalStack):
+    """A broker (started here unless ``bootstrap`` is given) and one fresh worker subprocess, from the
+    local toolkit, as an evaluation wants them.
 
     A fresh worker means a fresh consumer group and profile table (its own ``COLDSTART_APP_ID``); on
     a broker started here the topics are fresh too, so no state carries over between tasks.
@@ -491,90 +480,26 @@ class LocalStack:
                  workdir: Path | None = None, start_timeout_s: float = 240.0) -> None:
         from coldstart.settings import Settings
 
-        self.settings = Settings.from_env(partitions=partitions)
-        self.bootstrap = bootstrap
-        self.own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="coldstart-eval-"))
+        super().__init__(Settings.from_env(partitions=partitions), bootstrap=bootstrap, workdir=workdir,
+                         app_id=f"cs-eval-{uuid.uuid4().hex[:8]}")
         self.start_timeout_s = start_timeout_s
-        self.kafka = None
-        self.proc: subprocess.Popen | None = None
-        self.port = _free_port()
+
+    def start(self) -> "LocalStack":
+        super().start()
+        self.worker = self.start_worker(
+            session_timeout_s=10.0,
+            # An evaluation replays history as it happened (the 1997-98 Amazon log included): its
+            # worker accepts any past time instead of refusing it as a clock bug (issue 8).
+            min_event_ts=0.0,
+            # Users returning after months are part of what is measured; expiry is a storage policy,
+            # not a recommendation, and the baselines never forget either.
+            user_ttl_s=0.0)
+        self.worker.wait_healthy(self.start_timeout_s)
+        return self
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LocalStack":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        from coldstart.kafka_local import LocalKafka
-        from coldstart.streams.topics import ensure_topics
-
-        s = self.settings
-        if self.bootstrap is None:
-            self.kafka = LocalKafka(version=s.kafka_version, port=_free_port(), data_dir=self.workdir / "kafka")
-            self.bootstrap = self.kafka.start()
-            # the broker started here listens in plaintext: a shop's Kafka credentials are not for it
-            s = s.replace(kafka_security_protocol="PLAINTEXT", kafka_sasl_username="", kafka_sasl_password="",
-                          kafka_ssl_cafile="")
-        s = s.replace(bootstrap_servers=self.bootstrap, app_id=f"cs-eval-{uuid.uuid4().hex[:8]}",
-                      data_dir=self.workdir / "worker", web_port=self.port, session_timeout_s=10.0,
-                      # An evaluation replays history as it happened (the 1997-98 Amazon log included):
-                      # its worker accepts any past time instead of refusing it as a clock bug (issue 8).
-                      min_event_ts=0.0,
-                      # Users returning after months are part of what is measured; expiry is a storage
-                      # policy, not a recommendation, and the baselines never forget either.
-                      user_ttl_s=0.0)
-        ensure_topics(s)
-        env = {**os.environ, **s.to_env()}  # the worker gets exactly these settings
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / "worker.log"
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ColdstartError(f"the worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.5)
-        raise ColdstartError(f"the worker did not become ready within {self.start_timeout_s:.0f} s:\n"
-                             f"{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.kafka is not None:
-            self.kafka.stop()
-            self.kafka = None
-        if self.own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        return self.worker.url
 
 
 # ---------------------------------------------------------------------------------- evaluate

@@ -12,7 +12,7 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from coldstart.bench.stack import scrape  # prometheus_client's parser
+from coldstart.local import scrape  # prometheus_client's parser
 from coldstart.kafka_local import LocalKafka, free_port
 from coldstart.settings import Settings
 from coldstart.trainer.buffer import SampleBuffer
