@@ -154,6 +154,12 @@ class EmbeddingCache:
     def clear(self) -> None:
         self._rows.clear()
 
+    def seed(self, version: str, texts: Sequence[str], vectors: torch.Tensor) -> None:
+        """Put vectors made elsewhere by ``version`` (the ones a registry version ships) in the cache."""
+        if len(texts) != vectors.shape[0]:
+            raise ValueError(f"{len(texts)} texts but {vectors.shape[0]} vectors")
+        self._store(version, list(texts), vectors)
+
     def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> torch.Tensor:
         """``[n, dim]`` vectors of ``texts`` in input order, encoding only what the cache lacks."""
         n = len(texts)

@@ -11,6 +11,9 @@ Addressed by URI through ``pyarrow.fs.FileSystem.from_uri`` (a plain path is loc
           config.json, tokenizer.json, vocab.txt, ...   copied from the base model folder
           items.safetensors        {"vectors": float32 [n_items, dim]} made by this encoder
           items.json               the item ids, in row order
+          item_texts.json          the text each vector was encoded from, in row order: a worker
+                                   swapping in this version takes these vectors instead of encoding
+                                   the same texts again (versions published before it lack it)
           manifest.json            version, parent, base model, data window, metrics, created time,
                                    and the sha256 of every other file
         v0002.tmp-<uuid>/          a publish in progress (or a crash mid-publish): never loaded
@@ -53,11 +56,12 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 ITEMS_FILE = "items.safetensors"
 ITEM_IDS_FILE = "items.json"
+ITEM_TEXTS_FILE = "item_texts.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 # Files of a base model folder that are never copied: weights (ours replace them), pickles, our own files.
 _SKIP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack",
                   ".onnx", ".tmp")
-_SKIP_NAMES = {MANIFEST, ITEM_IDS_FILE, "README.md"}
+_SKIP_NAMES = {MANIFEST, ITEM_IDS_FILE, ITEM_TEXTS_FILE, "README.md"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class LoadedVersion:
     item_ids: list[str]
     item_vectors: torch.Tensor
     manifest: dict[str, Any]
+    item_texts: list[str] | None = None  # what each item vector was encoded from (None: not shipped)
 
 
 class Registry:
@@ -136,40 +141,45 @@ class Registry:
         try:
             vectors = load_file(str(path / ITEMS_FILE))["vectors"]
             ids = json.loads((path / ITEM_IDS_FILE).read_text())
+            texts = json.loads((path / ITEM_TEXTS_FILE).read_text()) if ITEM_TEXTS_FILE in files else None
         except Exception as exc:  # safetensors/JSON errors: a checksummed file that still does not parse
             raise ArtifactRefused(f"version {version}: item files unreadable ({exc})") from exc
-        if len(ids) != vectors.shape[0]:
-            raise ArtifactRefused(f"version {version}: {len(ids)} item ids but {vectors.shape[0]} vectors")
-        return LoadedVersion(version, path, ids, vectors, manifest)
+        if len(ids) != vectors.shape[0] or (texts is not None and len(texts) != len(ids)):
+            raise ArtifactRefused(f"version {version}: {len(ids)} item ids, {vectors.shape[0]} vectors and "
+                                  f"{'no' if texts is None else len(texts)} texts")
+        return LoadedVersion(version, path, ids, vectors, manifest, texts)
 
     # ---------------------------------------------------------------------------------- writes
     def publish(self, state_dict: Mapping[str, torch.Tensor], *, base_dir: Path | str,
-                item_ids: Sequence[str], item_vectors: torch.Tensor, parent: str | None = None,
-                base_model: str = "", data_window: tuple[float, float] | None = None,
+                item_ids: Sequence[str], item_vectors: torch.Tensor, item_texts: Sequence[str] | None = None,
+                parent: str | None = None, base_model: str = "", data_window: tuple[float, float] | None = None,
                 metrics: Mapping[str, float] | None = None, extra: Mapping[str, Any] | None = None,
                 make_current: bool = True) -> str:
         """Write a new version and (by default) make it current; returns its id.
 
         ``base_dir`` is the local model folder the encoder was loaded from: its config and tokenizer files
-        are copied (its weights are not; ``state_dict`` replaces them).
+        are copied (its weights are not; ``state_dict`` replaces them). ``item_texts``: the text each item
+        vector was encoded from (workers then reuse the vectors instead of encoding those texts again).
         """
         if item_vectors.ndim != 2 or item_vectors.shape[0] != len(item_ids):
             raise ValueError(f"{len(item_ids)} item ids but item vectors of shape {tuple(item_vectors.shape)}")
+        if item_texts is not None and len(item_texts) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} item ids but {len(item_texts)} item texts")
         version = self._next_version()
         aside = f"{self.root}/{VERSIONS}/{version}.tmp-{uuid.uuid4().hex}"
         if self.local:  # stage in place: one write of the weights, fsynced before the rename
             stage = Path(aside)
             stage.mkdir(parents=True)
             try:
-                self._stage(stage, version, state_dict, base_dir, item_ids, item_vectors, parent, base_model,
-                            data_window, metrics, extra)
+                self._stage(stage, version, state_dict, base_dir, item_ids, item_vectors, item_texts, parent,
+                            base_model, data_window, metrics, extra)
             except BaseException:
                 shutil.rmtree(stage, ignore_errors=True)
                 raise
         else:
             with tempfile.TemporaryDirectory(prefix=f"coldstart-{version}-") as tmp:
-                self._stage(Path(tmp), version, state_dict, base_dir, item_ids, item_vectors, parent,
-                            base_model, data_window, metrics, extra)
+                self._stage(Path(tmp), version, state_dict, base_dir, item_ids, item_vectors, item_texts,
+                            parent, base_model, data_window, metrics, extra)
                 self._upload(Path(tmp), aside)
         self._rename(aside, self._vdir(version))
         crash_point("after_version_rename")
@@ -195,8 +205,8 @@ class Registry:
 
     # ---------------------------------------------------------------------------------- internals
     def _stage(self, stage: Path, version: str, state_dict: Mapping[str, torch.Tensor], base_dir: Path | str,
-               item_ids: Sequence[str], item_vectors: torch.Tensor, parent: str | None, base_model: str,
-               data_window: tuple[float, float] | None, metrics: Mapping[str, float] | None,
+               item_ids: Sequence[str], item_vectors: torch.Tensor, item_texts: Sequence[str] | None,
+               parent: str | None, base_model: str, data_window: tuple[float, float] | None, metrics: Mapping[str, float] | None,
                extra: Mapping[str, Any] | None) -> None:
         _copy_model_files(Path(base_dir), stage)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
@@ -204,6 +214,8 @@ class Registry:
         save_file({"vectors": item_vectors.detach().to("cpu", torch.float32).contiguous()},
                   str(stage / ITEMS_FILE), metadata={"format": "pt"})
         (stage / ITEM_IDS_FILE).write_text(json.dumps(list(item_ids)))
+        if item_texts is not None:
+            (stage / ITEM_TEXTS_FILE).write_text(json.dumps(list(item_texts)))
         files = {p.relative_to(stage).as_posix(): _sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = {
             "version": version,

@@ -158,8 +158,10 @@ class ModelSwapper:
     def _build(self, version: str, snapshot) -> ServingModel:
         loaded = self.registry.load(version)  # verifies every sha256, raises ArtifactRefused
         s = self.settings
+        # The version's own item vectors stand in for encoding the same texts again (invariant 3).
+        shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
         return ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
-                                 cache_size=s.embedding_cache_size, items=snapshot)
+                                 cache_size=s.embedding_cache_size, items=snapshot, shipped=shipped)
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.last_refused = detail

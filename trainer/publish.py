@@ -1,7 +1,8 @@
 """From a gated round to a registry version and its announcement on ``model.versions``.
 
 A version ships its encoder together with the item vectors that encoder produced (invariant 3), so the
-item vectors are computed here with the trained module, over the catalog the trainer knows.
+item vectors are computed here with the trained module, over the catalog the trainer knows; with the
+text of each, so that a worker swapping the version in takes them instead of encoding those texts again.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ def publish_version(registry: Registry, encoder: TextEncoder, module: torch.nn.M
                     metrics: Mapping[str, float]) -> str:
     """Write ``module`` (trained from ``encoder``) and its item vectors as a new current version.
 
-    Item vectors are taken as given, or encoded from ``item_texts`` with ``module``.
+    Item vectors are taken as given (encoded from ``item_texts`` with ``module``), or encoded here.
     """
     if item_vectors is None:
         if item_texts is None:
             raise ValueError("publish_version needs item_vectors or item_texts")
         item_vectors = encode_texts(module, encoder.tokenizer, list(item_texts), max_length=encoder.max_length)
     return registry.publish(module.state_dict(), base_dir=encoder.path, item_ids=list(item_ids),
-                            item_vectors=item_vectors, parent=parent, base_model=base_model,
+                            item_vectors=item_vectors, item_texts=item_texts, parent=parent, base_model=base_model,
                             data_window=data_window, metrics=dict(metrics))
 
 

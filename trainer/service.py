@@ -192,7 +192,7 @@ class Trainer:
             ts = train.column("ts")
             window = (min(ts.to_pylist()), max(ts.to_pylist()))
             version = publish_version(
-                self.registry, self.encoder, result.module, item_ids=ids, item_vectors=cand_items,
+                self.registry, self.encoder, result.module, item_ids=ids, item_vectors=cand_items, item_texts=texts,
                 parent=self.encoder.version, base_model=self._base_model(), data_window=window,
                 metrics={"candidate_" + k: v for k, v in candidate.items()}
                 | {"serving_" + k: v for k, v in serving.items()}
