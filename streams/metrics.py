@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 # Fine enough that a p99 interpolated between two bounds is a number to act on (issue 11), from 1 ms to
 # a minute: a worker that falls behind shows how far behind, not "beyond the top bucket".
@@ -56,6 +56,10 @@ class Metrics:
 
         def histogram(name, doc, buckets, labels=()):
             return Histogram(name, doc, labels, namespace=namespace, registry=registry, buckets=buckets)
+
+        # The standard process_* series (resident memory, CPU, open files): the worker's own registry
+        # does not carry prometheus_client's default ones.
+        ProcessCollector(registry=registry)
 
         return cls(
             events_in=counter("events_in_total", "Events received, by type.", ["type"]),
