@@ -47,7 +47,12 @@ class WorkerProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 180.0) -> "WorkerProcess":
-        env = {
+        """``coldstart worker`` through the local toolkit, configured as an operator would: ``COLDSTART_*``
+        strings (``extra_env`` on top of the test defaults) read by ``Settings.from_env``."""
+        from coldstart.local import spawn_worker
+        from coldstart.settings import Settings
+
+        settings = Settings.from_env({
             **os.environ,
             "COLDSTART_BOOTSTRAP_SERVERS": self.bootstrap,
             "COLDSTART_APP_ID": self.app_id,
@@ -60,12 +65,10 @@ class WorkerProcess:
             "COLDSTART_SESSION_TIMEOUT_S": "10",
             "COLDSTART_REGISTRY_URI": str(self.data_dir.parent / "registry"),
             **self.extra_env,
-        }
+        })
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
-                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = spawn_worker(settings, self.log_path).proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
