@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coldstart.errors import ColdstartError
+from coldstart.local import spawn_worker
 from coldstart.settings import Settings, TrainerSettings
 
 console = Console()
@@ -90,12 +91,13 @@ def _run_loop(s: Settings, children: list, *, n_events: int, rate: float, datase
     root.mkdir(parents=True, exist_ok=True)
     trainer_port = _port_or_free(6067)
     # The children get these settings whole (Settings.to_env), the demo's small trainer rounds included.
-    env = {**os.environ, **s.replace(app_id=f"coldstart-demo-{run_id}", data_dir=root / "worker",
-                                     registry_uri=str(root / "registry"), buffer_dir=root / "buffer",
-                                     trainer=DEMO_TRAINER).to_env()}
+    run = s.replace(app_id=f"coldstart-demo-{run_id}", data_dir=root / "worker", registry_uri=str(root / "registry"),
+                    buffer_dir=root / "buffer", trainer=DEMO_TRAINER)
+    env = {**os.environ, **run.to_env()}
     base = f"http://{s.web_host}:{s.web_port}"
     console.print(f"[bold]3/6[/] worker on {base} (logs in {root})")
-    worker = _spawn(["worker"], env, root / "worker.log", children)
+    worker = spawn_worker(run, root / "worker.log").proc  # the local toolkit's launcher
+    children.append(worker)
     wait_http(f"{base}/health", timeout=_left(deadline, 300), proc=worker)
     from coldstart.prometheus_local import PrometheusServer
 
