@@ -459,7 +459,7 @@ class ModelAnnouncement:
 
     Anyone who can produce to ``model.versions`` could otherwise point every worker at any retained
     version, so an announcement carries an HMAC-SHA256 over its canonical fields under a secret shared
-    by the trainer and the workers (invariant 11); workers act only on one that verifies.
+    by the trainer and the workers (an authenticated control plane); workers act only on one that verifies.
 
     >>> a = ModelAnnouncement("v0002", "s3://bucket/registry/versions/v0002", "publish", 1.5e9).signed(b"k")
     >>> ModelAnnouncement.loads(a.dumps()).verify(b"k")

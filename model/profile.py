@@ -1,6 +1,6 @@
 """A user's profile: the recency-weighted, normalised sum of the vectors of their recent events.
 
-All functions take many users at once (the batched update of Invariant 6): the worker gathers the
+All functions take many users at once (one batched update per batch, on the device): the worker gathers the
 recent events of every user touched by a batch, and one :func:`profile_vectors` call makes all their
 profiles on the device. A user with few events leans on the catalog's popularity
 (:func:`popularity_blend`), so even a user with no events gets a sensible list.

@@ -1,6 +1,6 @@
 """The unit that is swapped: one model version = its encoder + the item vectors it produced.
 
-Invariant 3 of the design: every vector a worker serves comes from ``ServingModel.version``. A new
+One vector space at a time: every vector a worker serves comes from ``ServingModel.version``. A new
 version is built off the event loop (``load``), then replaces the old one between batches.
 """
 
@@ -69,7 +69,7 @@ class ServingModel:
 
 def check_shipped(encoder: TextEncoder, texts: list[str], vectors: torch.Tensor, probes: int = 8) -> None:
     """Refuse shipped item vectors that this encoder would not produce: the wrong shape, or a sample of
-    them further than float tolerance from encoding their texts here (one vector space, invariant 3)."""
+    them further than float tolerance from encoding their texts here (one vector space at a time)."""
     if vectors.ndim != 2 or vectors.shape != (len(texts), encoder.dim):
         raise ArtifactRefused(f"shipped item vectors have shape {tuple(vectors.shape)}, expected "
                               f"({len(texts)}, {encoder.dim})")

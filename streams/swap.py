@@ -1,14 +1,14 @@
 """Hot-swap: follow ``model.versions``, load and verify a version off the event loop, switch between
 batches.
 
-Invariant 4 of the design. The expensive part (checksums, loading the encoder, re-encoding every item
+Hot-swap never stops the stream. The expensive part (checksums, loading the encoder, re-encoding every item
 in the new vector space, a smoke encode) runs in a worker thread on a snapshot of the item index while
 the stream keeps flowing on the old version. The switch itself takes the batch lock, so it happens
 between two batches: it adopts the items that changed since the snapshot, re-encodes only those, and
 swaps the model reference. A version that fails to load or verify is refused and counted, and the old
 one keeps serving.
 
-The control plane is authenticated (invariant 11): an announcement is acted on only when its HMAC
+The control plane is authenticated: an announcement is acted on only when its HMAC
 verifies under ``COLDSTART_ANNOUNCE_SECRET``; an unsigned or forged one, or a replay of an announcement
 older than the one in service, is refused (``coldstart_model_swaps_refused_total{reason=...}``) before
 anything is loaded.
@@ -158,7 +158,7 @@ class ModelSwapper:
     def _build(self, version: str, snapshot) -> ServingModel:
         loaded = self.registry.load(version)  # verifies every sha256, raises ArtifactRefused
         s = self.settings
-        # The version's own item vectors stand in for encoding the same texts again (invariant 3).
+        # The version's own item vectors stand in for encoding the same texts again (one vector space).
         shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
         return ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
                                  cache_size=s.embedding_cache_size, items=snapshot, shipped=shipped)

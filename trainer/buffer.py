@@ -1,6 +1,6 @@
 """The trainer's durable, bounded sample buffer: Parquet segments on local disk, written with pyarrow.
 
-Contract with Kafka (invariant 1, offsets only after durability): the service consumes a batch,
+Contract with Kafka (offsets are committed only after durability): the service consumes a batch,
 :meth:`SampleBuffer.add`\\ s it, calls :meth:`SampleBuffer.flush`, and commits the offsets only after
 ``flush`` has returned. ``add`` alone is not durable: a crash before ``flush`` loses the pending samples,
 and Kafka redelivers them because their offsets were never committed.

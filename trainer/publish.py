@@ -1,6 +1,6 @@
 """From a gated round to a registry version and its announcement on ``model.versions``.
 
-A version ships its encoder together with the item vectors that encoder produced (invariant 3), so the
+A version ships its encoder together with the item vectors that encoder produced (one vector space at a time), so the
 item vectors are computed here with the trained module, over the catalog the trainer knows; with the
 text of each, so that a worker swapping the version in takes them instead of encoding those texts again.
 """

@@ -6,7 +6,7 @@ Loop (one process, one device)::
                                   every round_every_s, or after round_min_samples new samples:
                                   holdout split ─► fine_tune ─► gate ─► registry.publish ─► model.versions
 
-Offsets are committed only after the samples they cover are in a flushed segment (invariant 1). A round
+Offsets are committed only after the samples they cover are in a flushed segment. A round
 runs in a worker thread while the loop keeps consuming, so a long round never stalls the consumer
 group. ``Trainer`` is easy to drive from a test: ``await trainer.start()``, ``await trainer.poll_once()``,
 ``trainer.run_round()``, ``await trainer.step()``, ``await trainer.stop()``.

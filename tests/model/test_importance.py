@@ -1,4 +1,4 @@
-"""The importance weight's properties (Invariant 7): bounded, loss-monotone, noise-robust, cold-aware."""
+"""The importance weight's properties: bounded, loss-monotone, noise-robust, cold-aware."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A version's shipped item vectors (invariant 3, issue 7): a worker building the version's item index
+"""A version's shipped item vectors (one vector space at a time; issue 7): a worker building the version's item index
 takes them for the texts they were made from instead of encoding those texts again, and refuses vectors
 its encoder would not make. Real registry files, real MiniLM weights."""
 

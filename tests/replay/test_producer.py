@@ -1,4 +1,4 @@
-"""Pacing and encoding without a broker; the lead's integration tests use the real Kafka."""
+"""Pacing and encoding without a broker; the stream, evaluation and benchmark tests replay through a real Kafka."""
 
 from __future__ import annotations
 
