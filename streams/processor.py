@@ -17,9 +17,9 @@ import torch
 
 from coldstart.settings import Settings
 from coldstart.model.importance import (RunningQuantile, bounded, catalog_loss, cold_factor, estimator_score,
-                                        importance_weight, plausibility, search_importance)
+                                        importance_weight, search_importance)
 from coldstart.model.items import ClickEvidence
-from coldstart.model.profile import profile_vectors, recency_weights
+from coldstart.model.profile import profile_vectors, profile_weights, recency_weights
 from coldstart.model.serving import ServingModel
 from coldstart.contract import ClickEvent, SearchEvent, TrainingSample, UserEvent
 from coldstart.streams.state import ProfileState, RecentEvent
@@ -209,31 +209,6 @@ class BatchProcessor:
         score = estimator_score(name, loss, context=ctx, item_vecs=item_vecs, target=target, line=line,
                                 n_items=n_items)
         return (bounded(score) * cold_factor(prior)).clamp(0.1, 4.0)
-
-
-SEARCH_PROFILE_WEIGHT = 0.7
-# Only clicks the model finds more than twice as unlikely as a uniform guess (in normalised loss)
-# are damped in a profile: on the Amazon log the zero-shot model sits above the importance noise
-# line (1.25) even for genuine clicks, and damping those distorted the profile mean (-2 points R@10).
-PROFILE_NOISE_MARGIN = 1.0
-
-
-def profile_weights(kinds: Sequence[str], losses: Sequence[float], n_items: int) -> list[float]:
-    """How much each event counts in its user's profile, fixed when it is scored (one tensor call).
-
-    A click counts fully unless the current model finds it far less likely than a uniform guess
-    (normalised loss beyond 1 + PROFILE_NOISE_MARGIN: a likely mis-click,
-    ``coldstart.model.importance.plausibility``, the RHO-LOSS side of the importance). A click not
-    scored yet (loss 0: its item had no vector) counts fully. A search counts 0.7 of a click: it states
-    an intent, a click confirms one.
-
-    >>> [round(w, 3) for w in profile_weights(["click", "click", "search"], [0.5, 12.0, 9.0], 100)]
-    [1.0, 0.546, 0.7]
-    """
-    if not kinds:
-        return []
-    plausible = plausibility(torch.tensor(losses, dtype=torch.float32), n_items, PROFILE_NOISE_MARGIN).tolist()
-    return [p if kind == "click" else SEARCH_PROFILE_WEIGHT for kind, p in zip(kinds, plausible)]
 
 
 def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):

@@ -40,7 +40,7 @@ class RecentEvent:
     ts: float
     text: str | None = None  # the query (search, or the query before a click)
     item_id: str | None = None  # the clicked item
-    weight: float = 1.0  # its weight in the profile, fixed when scored (coldstart.streams.processor.profile_weights)
+    weight: float = 1.0  # its weight in the profile, fixed when scored (coldstart.model.profile.profile_weights)
 
     def to_json(self) -> list:
         return [self.event_id, self.kind, self.ts, self.text, self.item_id, round(self.weight, 4)]
