@@ -54,14 +54,19 @@ def run_demo(s: Settings, *, n_events: int, rate: float, dataset: str | None, du
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     children: list[subprocess.Popen] = []
     kafka = None
+    # One folder per run (broker, worker, registry, buffer, logs): a rerun never resumes an old one.
+    run_id = time.strftime("%Y%m%d-%H%M%S")
     try:
         if not external_kafka:
             from coldstart.kafka_local import LocalKafka
 
-            kafka = LocalKafka(version=s.kafka_version, port=s.kafka_port, data_dir=s.kafka_dir)
-            console.print(f"[bold]1/6[/] starting local Kafka {s.kafka_version} in {s.kafka_dir} ...")
+            # A broker of this run's own: the compacted model.versions topic of an earlier run would
+            # announce a version this run's fresh registry does not have (refused and counted at start).
+            kafka_dir = DEMO_DIR / run_id / "kafka"
+            kafka = LocalKafka(version=s.kafka_version, port=s.kafka_port, data_dir=kafka_dir)
+            console.print(f"[bold]1/6[/] starting local Kafka {s.kafka_version} in {kafka_dir} ...")
             s = s.replace(bootstrap_servers=kafka.start())
-        _run_loop(s, children, n_events=n_events, rate=rate, dataset=dataset, deadline=deadline)
+        _run_loop(s, children, run_id, n_events=n_events, rate=rate, dataset=dataset, deadline=deadline)
     except (KeyboardInterrupt, Stop):
         console.print("stopping ...")
     finally:
@@ -77,7 +82,7 @@ def run_demo(s: Settings, *, n_events: int, rate: float, dataset: str | None, du
         console.print("stopped everything the demo started")
 
 
-def _run_loop(s: Settings, children: list, *, n_events: int, rate: float, dataset: str | None,
+def _run_loop(s: Settings, children: list, run_id: str, *, n_events: int, rate: float, dataset: str | None,
               deadline: float | None) -> None:
     from coldstart.replay import SiteSimulator, open_dataset
     from coldstart.replay.producer import produce
@@ -86,7 +91,6 @@ def _run_loop(s: Settings, children: list, *, n_events: int, rate: float, datase
     console.print(f"[bold]2/6[/] topics on {s.bootstrap_servers}")
     ensure_topics(s)
     # A fresh consumer group, table, registry and buffer per run: a rerun never resumes an old one.
-    run_id = time.strftime("%Y%m%d-%H%M%S")
     root = DEMO_DIR / run_id
     root.mkdir(parents=True, exist_ok=True)
     trainer_port = _port_or_free(6067)
