@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -225,7 +224,7 @@ def demo(events: int = typer.Option(3000, help="simulated events to replay"),
 
     s = _settings(web_port=web_port)
     run_demo(s, n_events=events, rate=rate, dataset=dataset, duration=duration,
-             external_kafka=bool(os.environ.get("COLDSTART_BOOTSTRAP_SERVERS")))
+             external_kafka="bootstrap_servers" in s.given)
 
 
 # ---------------------------------------------------------------------------------------- eval

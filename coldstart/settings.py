@@ -65,6 +65,7 @@ class TrainerSettings:
 
 
 SECTIONS = {"trainer": TrainerSettings}  # nested sections of Settings, each with its own variable prefix
+_NOT_READ = {*SECTIONS, "given"}  # fields of Settings that no variable sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,9 @@ class Settings:
     kafka_ssl_cafile: str = ""  # CA bundle for SSL/SASL_SSL; empty = the system's trust store
     # Sections
     trainer: TrainerSettings = dataclasses.field(default_factory=TrainerSettings)
+    # The top-level fields a variable or a flag set (from_env fills it): e.g. the demo starts its own
+    # broker unless the bootstrap servers were given. Not a setting: never compared or handed on.
+    given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -142,13 +146,14 @@ class Settings:
         ``overrides`` (None = unset; a section takes a dict of its fields or the section itself)."""
         environ = os.environ if environ is None else environ
         values = _read(cls, PREFIX, environ, {k: v for k, v in overrides.items() if k not in SECTIONS})
+        given = frozenset(values)
         for name, section in SECTIONS.items():
-            given = overrides.get(name)
-            if isinstance(given, section):
-                values[name] = given
+            override = overrides.get(name)
+            if isinstance(override, section):
+                values[name] = override
             else:
-                values[name] = section(**_read(section, section.PREFIX, environ, given or {}))
-        return cls(**values)
+                values[name] = section(**_read(section, section.PREFIX, environ, override or {}))
+        return cls(**values, given=given)
 
     def to_env(self) -> dict[str, str]:
         """Every setting as the ``COLDSTART_*`` variables that ``from_env`` reads back: how a parent hands
@@ -159,11 +164,13 @@ class Settings:
         ('2', '7')
         >>> Settings.from_env(env) == Settings(partitions=2, trainer=TrainerSettings(steps=7))
         True
+        >>> sorted(Settings.from_env({"COLDSTART_PARTITIONS": "2"}, web_port=7000, device=None).given)
+        ['partitions', 'web_port']
         """
         out: dict[str, str] = {}
         for obj, prefix in [(self, PREFIX)] + [(getattr(self, n), SECTIONS[n].PREFIX) for n in SECTIONS]:
             for field in dataclasses.fields(obj):
-                if field.name not in SECTIONS:
+                if field.name not in _NOT_READ:
                     value = getattr(obj, field.name)
                     out[prefix + field.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
         return out
@@ -193,7 +200,7 @@ class Settings:
 
 def _read(cls: type, prefix: str, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of ``cls`` set by ``<prefix><FIELD>`` variables, then by ``overrides``, coerced."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in SECTIONS}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_READ}
     values: dict[str, Any] = {}
     for name, field in fields.items():
         raw = environ.get(prefix + name.upper())
