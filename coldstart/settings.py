@@ -64,7 +64,25 @@ class TrainerSettings:
             raise ConfigError(f"{self.PREFIX}HOLDOUT_FRACTION must be between 0 and 1, got {self.holdout_fraction}")
 
 
-SECTIONS = {"trainer": TrainerSettings}  # nested sections of Settings, each with its own variable prefix
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """The evaluation's section, ``COLDSTART_EVAL_<FIELD>`` (``coldstart eval run`` flags win)."""
+
+    k: int = 10  # list length scored (Recall@K, NDCG@K)
+    n_boot: int = 1000  # bootstrap resamples for the intervals
+    device: str = "cpu"  # of the in-process zero-shot baselines
+    seed: int = 7  # of the site simulator, when it is the dataset
+
+    PREFIX = PREFIX + "EVAL_"
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n_boot < 1:
+            raise ConfigError(f"{self.PREFIX}K and {self.PREFIX}N_BOOT must be at least 1, got {self.k}, {self.n_boot}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{self.PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+SECTIONS = {"trainer": TrainerSettings, "evaluation": EvaluationSettings}  # nested sections of Settings, each with its own variable prefix
 _NOT_READ = {*SECTIONS, "given"}  # fields of Settings that no variable sets
 
 
@@ -136,6 +154,7 @@ class Settings:
     kafka_ssl_cafile: str = ""  # CA bundle for SSL/SASL_SSL; empty = the system's trust store
     # Sections
     trainer: TrainerSettings = dataclasses.field(default_factory=TrainerSettings)
+    evaluation: EvaluationSettings = dataclasses.field(default_factory=EvaluationSettings)
     # The top-level fields a variable or a flag set (from_env fills it): e.g. the demo starts its own
     # broker unless the bootstrap servers were given. Not a setting: never compared or handed on.
     given: frozenset[str] = dataclasses.field(default=frozenset(), compare=False, repr=False)

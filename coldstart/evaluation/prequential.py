@@ -29,11 +29,12 @@ import urllib.parse
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coldstart import local
+from coldstart.settings import EvaluationSettings
 from coldstart.errors import ColdstartError, KafkaUnavailable
 from coldstart.evaluation.baselines import Baseline
 from coldstart.evaluation.records import Ranking, TaskRun, write_rankings
@@ -505,22 +506,21 @@ class LocalStack(local.LocalStack):
 # ---------------------------------------------------------------------------------- evaluate
 @dataclass
 class EvalConfig:
+    """One ``coldstart eval run``: what to replay and where (per run), and the evaluation's settings."""
+
     dataset: str
     out: Path
     limit: int | None = None
     tasks: tuple[str, ...] = ()  # empty: both when the stream has searches, else profile_only
-    k: int = 10
     bootstrap: str | None = None
     worker_url: str | None = None
     partitions: int | None = None
     shared_data: Path = Path("../shared/data")
     zero_shot: bool = True
     exclude_clicked: bool = False
-    n_boot: int = 1000
-    device: str = "cpu"  # for the in-process zero-shot baselines
-    seed: int = 7
     in_process: bool = False  # drive the worker's code objects without a broker (fast iteration)
     exact_order: bool = False  # live run: wait until the worker learned every earlier click (see run_task)
+    options: EvaluationSettings = field(default_factory=EvaluationSettings)  # k, n_boot, device, seed
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -530,14 +530,14 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if cfg.worker_url and not cfg.bootstrap:
         raise ColdstartError("--worker-url needs --bootstrap-servers too: the runner replays into that broker")
-    events = load_events(cfg.dataset, cfg.shared_data, cfg.limit, cfg.seed)
+    events = load_events(cfg.dataset, cfg.shared_data, cfg.limit, cfg.options.seed)
     has_search = any(e.type == "search" for e in events)
     tasks = cfg.tasks or (("search_click", "profile_only") if has_search else ("profile_only",))
     vectors = None
     if cfg.zero_shot:
         from coldstart.model.encoder import TextEncoder
 
-        vectors = TextVectors(TextEncoder(device=cfg.device))
+        vectors = TextVectors(TextEncoder(device=cfg.options.device))
         vectors.prefetch(texts_of(events))
     runs: list[TaskRun] = []
     started = time.time()
@@ -550,33 +550,33 @@ def evaluate(cfg: EvalConfig) -> dict:
             from coldstart.evaluation.inprocess import InProcessPipeline
             from coldstart.settings import Settings
 
-            pipeline = InProcessPipeline(Settings.from_env(device=cfg.device))
-            runs.append(run_task_in_process(stream, task, baselines, pipeline, k=cfg.k,
+            pipeline = InProcessPipeline(Settings.from_env(device=cfg.options.device))
+            runs.append(run_task_in_process(stream, task, baselines, pipeline, k=cfg.options.k,
                                             exclude_clicked=cfg.exclude_clicked, progress=True))
             continue
         # A shop's broker takes the COLDSTART_KAFKA_* security settings; the runner's own is plaintext.
         options = shared_broker_options() if shared else {}
         if cfg.worker_url:
             runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=cfg.bootstrap,
-                                             worker_url=cfg.worker_url, namespace=namespace, k=cfg.k,
+                                             worker_url=cfg.worker_url, namespace=namespace, k=cfg.options.k,
                                              exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
                                              client_options=options)))
             continue
         with LocalStack(cfg.bootstrap, partitions=cfg.partitions) as stack:
             runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=stack.bootstrap,
-                                             worker_url=stack.url, namespace=namespace, k=cfg.k,
+                                             worker_url=stack.url, namespace=namespace, k=cfg.options.k,
                                              exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
                                              client_options=options)))
     meta = {
-        "dataset": cfg.dataset, "limit": cfg.limit, "k": cfg.k, "tasks": list(tasks),
-        "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.n_boot,
+        "dataset": cfg.dataset, "limit": cfg.limit, "k": cfg.options.k, "tasks": list(tasks),
+        "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.options.n_boot,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "worker": "in-process (no broker)" if cfg.in_process else (cfg.worker_url or "started by the runner"),
         "broker": cfg.bootstrap or "a local broker per task, started by the runner",
-        "encoder_device": cfg.device if cfg.zero_shot else None,
+        "encoder_device": cfg.options.device if cfg.zero_shot else None,
     }
-    results = build_results(runs, meta, n_boot=cfg.n_boot)
+    results = build_results(runs, meta, n_boot=cfg.options.n_boot)
     write_report(cfg.out, results, runs)
     return results
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from coldstart.evaluation.cli import eval_app
 from coldstart.evaluation.prequential import EvalConfig, LocalStack, evaluate, load_events, task_stream
+from coldstart.settings import EvaluationSettings
 
 
 def test_task_streams_and_limits():
@@ -43,7 +44,7 @@ def test_end_to_end_report_is_consistent_with_the_recorded_rankings(kafka_bootst
     # One worker for both tasks: the runner namespaces ids per task on a shared broker.
     with LocalStack(kafka_bootstrap, partitions=2, workdir=tmp_path / "stack") as stack:
         results = evaluate(EvalConfig(dataset="simulator", limit=200, out=out, bootstrap=kafka_bootstrap,
-                                      worker_url=stack.url, partitions=2, n_boot=200))
+                                      worker_url=stack.url, partitions=2, options=EvaluationSettings(n_boot=200)))
 
     for name in ("report.md", "results.json", "rankings.jsonl", "importance.png",
                  "search_click_by_prior_events.png", "search_click_over_time.png",
