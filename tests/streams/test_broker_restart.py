@@ -9,14 +9,14 @@ import os
 import signal
 import time
 
+import httpx
 import pytest
 from kafka import KafkaProducer
 
 from coldstart.local import scrape  # prometheus_client's parser
 from coldstart.kafka_local import LocalKafka, free_port
-from coldstart.settings import Settings
+from coldstart.settings import Settings, TrainerSettings
 from coldstart.trainer.buffer import SampleBuffer
-from coldstart.settings import TrainerSettings
 from tests.streams.conftest import WorkerProcess, unique
 from tests.trainer.test_crash_points import trainer
 from tests.trainer.test_trainer_kafka import sample
@@ -45,7 +45,7 @@ def wait_buffered(port: int, n: int, trainer_proc, log) -> None:
         try:
             if buffered(port) >= n:
                 return
-        except OSError:
+        except httpx.HTTPError:  # the trainer's /metrics is not listening yet
             pass
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
