@@ -65,6 +65,12 @@ listening() {  # is something accepting TCP connections on 127.0.0.1:$1?
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+port_taken() {  # listening, or the local end of any TCP socket (an outgoing connection's port binds no more)
+  listening "$1" && return 0
+  command -v ss >/dev/null 2>&1 || return 1
+  [ -n "$(ss -Htan "( sport = :$1 )" 2>/dev/null)" ]
+}
+
 broker_pid() {  # prints the pid of this directory's broker if it is alive, else fails
   local pid
   [ -f "$pidfile" ] || return 1
@@ -128,9 +134,10 @@ pick_controller_port() {
   if [ -n "$controller_port" ]; then echo "$controller_port"; return; fi
   # Keep the port a formatted directory was created with (the static voter set names it).
   p="$(sed -n 's|^controller.quorum.voters=1@127.0.0.1:\([0-9]*\)$|\1|p' "$dir/server.properties" 2>/dev/null)"
-  if [ -n "$p" ] && [ "$p" != "$port" ] && ! listening "$p"; then echo "$p"; return; fi
+  if [ -n "$p" ] && [ "$p" != "$port" ] && ! port_taken "$p"; then echo "$p"; return; fi
   for ((p = port + 1; p < port + 100; p++)); do
-    listening "$p" || { echo "$p"; return; }
+    [ "$p" = "${controller_port_skip:-}" ] && continue
+    port_taken "$p" || { echo "$p"; return; }
   done
   die "no free controller port above $port"
 }
@@ -213,37 +220,50 @@ start() {
   fi
   java="$(java_bin)"
   fetch
-  cport="$(pick_controller_port)"
-  write_properties "$cport"
   if [ "$major" -ge 4 ]; then
     log_opts=("-Dlog4j2.configurationFile=$here/log4j2.xml")
   else
     log_opts=("-Dlog4j.configuration=file:$here/log4j.properties")
   fi
-  : >"$log"
-  format_storage "$java"
-  # setsid: the broker outlives the shell (and the terminal's Ctrl-C) that started it.
-  setsid "$java" -Xms128m -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
-    "${log_opts[@]}" -Dkafka.logs.dir="$dir/logs" \
-    -cp "$libs/*" kafka.Kafka "$dir/server.properties" </dev/null >>"$log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$pidfile"
-  deadline=$((SECONDS + start_timeout))
-  while :; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$pidfile"
-      log_tail
-      die "Kafka $version exited during startup"
-    fi
-    if listening "$port" && grep -q "Kafka Server started" "$log"; then
-      break
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-      log_tail
-      stop >/dev/null || true
-      die "Kafka $version did not answer on 127.0.0.1:$port within ${start_timeout}s"
-    fi
-    sleep 0.2
+  local attempt fresh
+  for attempt in 1 2 3; do
+    fresh=0
+    [ -f "$dir/data/meta.properties" ] || fresh=1
+    cport="$(pick_controller_port)"
+    write_properties "$cport"
+    : >"$log"
+    format_storage "$java"
+    # setsid: the broker outlives the shell (and the terminal's Ctrl-C) that started it.
+    setsid "$java" -Xms128m -Xmx"$heap" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+      "${log_opts[@]}" -Dkafka.logs.dir="$dir/logs" \
+      -cp "$libs/*" kafka.Kafka "$dir/server.properties" </dev/null >>"$log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$pidfile"
+    deadline=$((SECONDS + start_timeout))
+    while :; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        rm -f "$pidfile"
+        # A port taken between the check and the JVM's bind (an outgoing connection's ephemeral port):
+        # a fresh directory may try again on another controller port; the data of a restart is kept.
+        if [ "$attempt" -lt 3 ] && [ "$fresh" = 1 ] && [ -z "$controller_port" ] && grep -q "BindException" "$log"; then
+          echo "kafka.sh: a port was taken while Kafka started; retrying with another controller port" >&2
+          rm -rf "$dir/data" "$dir/server.properties"
+          controller_port_skip="$cport"
+          continue 2
+        fi
+        log_tail
+        die "Kafka $version exited during startup"
+      fi
+      if listening "$port" && grep -q "Kafka Server started" "$log"; then
+        break 2
+      fi
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        log_tail
+        stop >/dev/null || true
+        die "Kafka $version did not answer on 127.0.0.1:$port within ${start_timeout}s"
+      fi
+      sleep 0.2
+    done
   done
   echo "kafka.sh: Kafka $version running (pid $pid) at 127.0.0.1:$port, controller 127.0.0.1:$cport, dir $dir"
 }
