@@ -67,6 +67,33 @@ def test_the_wheel_installs_only_the_coldstart_namespace(tmp_path: Path) -> None
     for part in ("streams", "model", "trainer", "bench", "evaluation", "replay"):
         assert f"coldstart/{part}/__init__.py" in names
 
+    # Installed on its own (no editable finder, not run from the repository, whose folders would
+    # import as `model` from the working directory), the stages import by their coldstart names only.
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                    str(target), str(wheel)], check=True, capture_output=True)
+    # (bin/ holds the `coldstart` console script, not a package)
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "coldstart"]
+    deps = [p for p in sys.path if p.endswith("site-packages")]  # torch, faust, ... without their .pth hooks
+    code = "\n".join([
+        "import sys",
+        f"sys.path[:] = [{str(target)!r}] + [p for p in sys.path if 'site-packages' not in p] + {deps!r}",
+        "import coldstart.streams, coldstart.model, coldstart.trainer",
+        "import coldstart.streams.processor, coldstart.model.profile, coldstart.trainer.buffer",
+        f"assert coldstart.__file__.startswith({str(target)!r}), coldstart.__file__",
+        "for name in ('model', 'streams', 'trainer', 'bench'):",
+        "    try:",
+        "        __import__(name)",
+        "    except ModuleNotFoundError:",
+        "        continue",
+        "    raise SystemExit(f'import {name} worked: {sys.modules[name]!r}')",
+        "print('ok')",
+    ])
+    # -I: no user site, no environment, no working directory on the path; -S: no site-packages hooks
+    # (the environment's editable install of this repository is one).
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
 
 def test_no_import_cycles() -> None:
     modules = set(all_modules())
