@@ -1,6 +1,8 @@
 """One frozen settings object, read once from ``COLDSTART_*`` environment variables and CLI flags.
 
-Flags win over variables, variables over defaults. Nothing else in the code reads the environment.
+Flags win over variables, variables over defaults. Nothing else in the code reads the environment
+(tests/test_packaging.py checks; the one exception is the fault tests' ``COLDSTART_CRASH_AT`` crash
+point in :mod:`coldstart.failpoints`, a test hook rather than a setting).
 
 >>> s = Settings.from_env({"COLDSTART_PARTITIONS": "2"}, web_port=7000)
 >>> (s.partitions, s.web_port)

@@ -157,6 +157,37 @@ def test_layers_do_not_import_what_they_must_not(layer: str, forbidden: tuple[st
                 assert not any(t == f or t.startswith(f + ".") for f in forbidden), f"{name} imports {t}"
 
 
+# Handing the environment on to a child process ({**os.environ, ...}) is not reading it; the fault tests'
+# crash point (COLDSTART_CRASH_AT, coldstart.failpoints) is a test hook, not a setting.
+READS_ENV = {"coldstart.settings", "coldstart.failpoints"}
+
+
+def environment_reads(name: str) -> list[str]:
+    """``os.environ[...]``, ``os.environ.get(...)``, ``... in os.environ`` and ``os.getenv(...)`` in ``name``."""
+    def is_environ(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Attribute) and node.attr == "environ"
+                and isinstance(node.value, ast.Name) and node.value.id == "os")
+
+    found = []
+    for node in ast.walk(ast.parse(module_source(name))):
+        if isinstance(node, ast.Subscript) and is_environ(node.value) and isinstance(node.ctx, ast.Load):
+            found.append(f"line {node.lineno}: os.environ[...]")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f = node.func
+            if (f.attr == "get" and is_environ(f.value)) or \
+                    (f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os"):
+                found.append(f"line {node.lineno}: {ast.unparse(f)}(...)")
+        elif isinstance(node, ast.Compare) and any(is_environ(c) for c in node.comparators):
+            found.append(f"line {node.lineno}: ... in os.environ")
+    return found
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    reads = {m: environment_reads(m) for m in all_modules() if m not in READS_ENV}
+    assert {m: r for m, r in reads.items() if r} == {}
+    assert environment_reads("coldstart.failpoints")  # the finder sees a read where there is one
+
+
 @pytest.mark.parametrize("name", all_modules())
 def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
