@@ -214,13 +214,14 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
+    from coldstart.contract import USER_TOPICS
     from coldstart.streams.catalog import assign_all_partitions
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await assign_all_partitions(consumer, ("events.search", "events.click"))
+        await assign_all_partitions(consumer, USER_TOPICS)
         seen = 0
         t0 = time.perf_counter()
         while seen < n:

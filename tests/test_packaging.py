@@ -157,6 +157,17 @@ def test_layers_do_not_import_what_they_must_not(layer: str, forbidden: tuple[st
                 assert not any(t == f or t.startswith(f + ".") for f in forbidden), f"{name} imports {t}"
 
 
+def test_topic_names_are_written_once_in_the_contract() -> None:
+    from coldstart import contract
+
+    names = {contract.SEARCH, contract.CLICK, contract.CATALOG, contract.DLQ, contract.SAMPLES,
+             contract.MODEL_VERSIONS}
+    written = {m: sorted({n.value for n in ast.walk(ast.parse(module_source(m)))
+                          if isinstance(n, ast.Constant) and n.value in names})
+               for m in all_modules() if m != "coldstart.contract"}
+    assert {m: n for m, n in written.items() if n} == {}
+
+
 # Handing the environment on to a child process ({**os.environ, ...}) is not reading it; the fault tests'
 # crash point (COLDSTART_CRASH_AT, coldstart.failpoints) is a test hook, not a setting.
 READS_ENV = {"coldstart.settings", "coldstart.failpoints"}

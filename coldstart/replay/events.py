@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from coldstart.contract import CATALOG, CLICK, SEARCH
+
 EventType = Literal["search", "click", "item"]
 
-_TOPICS: dict[str, str] = {
-    "search": "events.search",
-    "click": "events.click",
-    "item": "catalog.items",
-}
+_TOPICS: dict[str, str] = {"search": SEARCH, "click": CLICK, "item": CATALOG}  # names from the wire contract
 
 
 @dataclass(frozen=True, slots=True)
