@@ -19,10 +19,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -171,7 +170,7 @@ def wait_swap(base: str, trainer_metrics: str, serving: str, timeout: float, pro
 
 
 def _events_applied(base: str) -> float:
-    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    text = httpx.get(f"{base}/metrics", timeout=5).raise_for_status().text
     return sum(sample.value for family in text_string_to_metric_families(text)
                if family.name == "coldstart_events_in" for sample in family.samples
                if sample.name.endswith("_total"))
@@ -180,8 +179,8 @@ def _events_applied(base: str) -> float:
 def _trainer_state(url: str) -> tuple[dict[str, float], dict[str, float]]:
     """Rounds by outcome, and the last holdout Recall@10 by model, from the trainer's /metrics."""
     try:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        text = httpx.get(url, timeout=5).raise_for_status().text
+    except httpx.HTTPError:  # not listening yet
         return {}, {}
     rounds, recall = {}, {}
     for family in text_string_to_metric_families(text):
@@ -222,11 +221,8 @@ def show_user(base: str, user: str, when: str, token: str = "") -> dict:
 
 def get_json(url: str, timeout: float = 10.0, token: str = "") -> dict:
     """GET a JSON body; ``token``: the API token (COLDSTART_API_TOKEN) as a bearer header."""
-    request = urllib.request.Request(url)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(url, timeout=timeout, headers=headers).raise_for_status().json()
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, as_json: bool = True) -> None:
@@ -238,9 +234,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, as
             if as_json:
                 get_json(url, timeout=2.0)
             else:
-                urllib.request.urlopen(url, timeout=2.0).read()
+                httpx.get(url, timeout=2.0).raise_for_status()
             return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+        except (httpx.HTTPError, json.JSONDecodeError):
             time.sleep(0.5)
     raise ColdstartError(f"{url} did not answer within {timeout:.0f} s")
 
