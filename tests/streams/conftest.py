@@ -10,12 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from kafka import KafkaProducer
 
@@ -76,7 +75,7 @@ class WorkerProcess:
             try:
                 self.get("/health")
                 return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
+            except httpx.HTTPError:  # not listening yet, or 503 until its partitions are ready
                 time.sleep(0.5)
         raise RuntimeError(f"worker did not answer within {timeout} s:\n{self.log_tail()}")
 
@@ -90,16 +89,14 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait()
 
+    # HTTP through httpx, as the local toolkit polls (coldstart.local).
     def get(self, path: str, timeout: float = 10.0) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        """The JSON body of a 2xx answer; any other status raises ``httpx.HTTPStatusError``."""
+        return httpx.get(self.url + path, timeout=timeout).raise_for_status().json()
 
     def get_status(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+        resp = httpx.get(self.url + path, timeout=10)
+        return resp.status_code, resp.json()
 
     def recommendations(self, user: str, k: int = 10, **params) -> dict:
         query = "&".join([f"k={k}"] + [f"{a}={b}" for a, b in params.items()])
@@ -111,7 +108,9 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             try:
                 body = self.recommendations(user)
-            except (urllib.error.URLError, ConnectionError) as exc:  # 503 while (re)balancing
+            except httpx.ReadTimeout:  # a worker that accepted the request and hangs: a failure, not a retry
+                raise
+            except httpx.HTTPError as exc:  # 503 while (re)balancing, or not listening yet
                 body = {"error": str(exc)}
                 time.sleep(0.5)
                 continue
@@ -122,8 +121,7 @@ class WorkerProcess:
                              f"expected {n_events}:\n{self.log_tail()}")
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
-            return resp.read().decode()
+        return httpx.get(self.url + "/metrics", timeout=10).raise_for_status().text
 
     def metric(self, name: str, **labels: str) -> float:
         """The samples of ``name`` with these labels from /metrics, summed over any other labels (0.0 when

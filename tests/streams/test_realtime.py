@@ -6,8 +6,8 @@ import json
 import random
 import threading
 import time
-import urllib.request
 
+import httpx
 import pytest
 from kafka import KafkaProducer
 
@@ -43,9 +43,8 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     def poll() -> None:
         while not done.is_set():
             t0 = time.perf_counter()
-            with urllib.request.urlopen(worker.url + f"/users/{unique('nobody')}/recommendations?k=5",
-                                        timeout=60) as resp:
-                assert resp.status == 200
+            resp = httpx.get(worker.url + f"/users/{unique('nobody')}/recommendations?k=5", timeout=60)
+            assert resp.status_code == 200
             latencies.append(time.perf_counter() - t0)
             time.sleep(0.05)
 
