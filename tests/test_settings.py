@@ -44,3 +44,11 @@ def test_a_child_process_reads_back_exactly_the_parents_settings(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=parent.to_env(), capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["3", str(tmp_path), "False", "120.0", "t0ken", "9", "weighted_loss"]
+
+
+def test_a_mistyped_sampling_flag_stops_the_trainer_at_start_naming_the_variable():
+    # Before issue 7 a typo here passed the CLI and made every background round fail quietly.
+    done = subprocess.run([sys.executable, "-m", "coldstart.cli", "trainer", "--sampling", "imporance",
+                           "--bootstrap-servers", "127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "COLDSTART_TRAINER_SAMPLING='imporance' is not one of importance" in " ".join((done.stdout + done.stderr).split())
