@@ -146,7 +146,7 @@ class Settings:
     # run 10-40x slower (profile recomputation 36 ms vs 0.9 ms; the encoder too). 0 = torch's default.
     torch_threads: int = 1
     # Importance estimators and bot control (issue 10)
-    importance_estimator: str = "loss_logn"  # uniform|loss|loss_logn|loss_quantile|grad_norm (model/estimators.py)
+    importance_estimator: str = "loss_logn"  # uniform|loss|loss_logn|loss_quantile|grad_norm|rank_lfdr (model/estimators.py)
     anomaly_guard: bool = True  # flag bot-like users' events to the DLQ before they are applied
     # Kafka client security, passed to every client (Faust, aiokafka, kafka-python; kafka_security.py).
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SASL_PLAINTEXT | SSL | SASL_SSL

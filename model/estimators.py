@@ -10,7 +10,9 @@ from coldstart.errors import ConfigError
 __all__ = ["ESTIMATORS", "LIVE_ESTIMATORS", "check_estimator"]
 
 # loss_logn is the weight before issue 10 (importance_weight's learnability: noise line at log n).
-ESTIMATORS = ("uniform", "loss", "loss_logn", "loss_quantile", "grad_norm", "reducible_loss")
+# rank_lfdr: the probability that a click is not a random item, from the running density of its catalog
+# rank (model/importance.py RankNull).
+ESTIMATORS = ("uniform", "loss", "loss_logn", "loss_quantile", "grad_norm", "rank_lfdr", "reducible_loss")
 # What a worker can compute per event: reducible_loss needs a holdout-trained reference model, which
 # only the benchmark (`coldstart bench importance`) builds.
 LIVE_ESTIMATORS = tuple(e for e in ESTIMATORS if e != "reducible_loss")
@@ -25,11 +27,11 @@ def check_estimator(name: str, variable: str = "COLDSTART_IMPORTANCE_ESTIMATOR",
     >>> check_estimator("lossy")
     Traceback (most recent call last):
     ...
-    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='lossy' is not an estimator; use one of uniform, loss, loss_logn, loss_quantile, grad_norm
+    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='lossy' is not an estimator; use one of uniform, loss, loss_logn, loss_quantile, grad_norm, rank_lfdr
     >>> check_estimator("reducible_loss")
     Traceback (most recent call last):
     ...
-    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='reducible_loss' needs a holdout-trained reference model, which only `coldstart bench importance` builds; use one of uniform, loss, loss_logn, loss_quantile, grad_norm
+    coldstart.errors.ConfigError: COLDSTART_IMPORTANCE_ESTIMATOR='reducible_loss' needs a holdout-trained reference model, which only `coldstart bench importance` builds; use one of uniform, loss, loss_logn, loss_quantile, grad_norm, rank_lfdr
     >>> check_estimator("reducible_loss", live=False)
     'reducible_loss'
     """

@@ -41,10 +41,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ESTIMATORS", "RunningQuantile", "bounded", "catalog_loss", "check_estimator", "cold_factor",
-           "estimator_score", "importance_weight", "learnability", "output_grad_norm", "plausibility",
-           "quantile_noise_weight", "reducible_loss",
-           "search_importance"]
+__all__ = ["ESTIMATORS", "NoiseLines", "RankNull", "RunningQuantile", "bounded", "catalog_loss",
+           "check_estimator", "click_weights", "cold_factor", "estimator_score", "genuine_probability",
+           "importance_weight", "learnability", "output_grad_norm", "plausibility", "quantile_noise_weight",
+           "rank_percentile", "reducible_loss", "search_importance"]
 
 
 def catalog_loss(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
@@ -207,6 +207,100 @@ def quantile_noise_weight(loss: torch.Tensor, line: float, sharpness: float = 4.
     return r.clamp_max(1.0) * torch.exp(-sharpness * (r - 1.0).clamp_min(0.0))
 
 
+def rank_percentile(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row: the share of the *other* catalog items the model scores strictly above the clicked one
+    (0 = ranked first, 1 = ranked last; ties count for the click).
+
+    It is the click's p-value under the null hypothesis "this click is a random catalog item": for a
+    uniformly drawn item the rank is uniform, whatever the model and whatever the context, so the
+    percentile of a random click is uniform on [0, 1] while genuine clicks pile up near 0 as far as
+    the model knows anything. It is the catalog loss compared with the losses every other item would
+    have in the same context (``catalog_loss`` orders items the same way).
+
+    >>> items = torch.eye(3)
+    >>> ctx = torch.tensor([[0.9, 0.3, 0.1], [0.9, 0.3, 0.1]])
+    >>> rank_percentile(ctx, items, torch.tensor([0, 2]))
+    tensor([0., 1.])
+    """
+    s = context.float() @ item_vecs.float().T
+    clicked = s.gather(1, target.long().reshape(-1, 1))
+    return (s > clicked).sum(dim=1).float() / max(item_vecs.shape[0] - 1, 1)
+
+
+def _nonincreasing(y: list[float]) -> list[float]:
+    """Least-squares non-increasing fit of equally weighted ``y`` (pool-adjacent-violators).
+
+    >>> _nonincreasing([5.0, 1.0, 2.0, 0.0])
+    [5.0, 1.5, 1.5, 0.0]
+    """
+    blocks: list[list[float]] = []  # [mean, size]
+    for v in y:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            m, k = blocks.pop()
+            blocks[-1] = [(blocks[-1][0] * blocks[-1][1] + m * k) / (blocks[-1][1] + k), blocks[-1][1] + k]
+    return [m for m, k in blocks for _ in range(int(k))]
+
+
+class RankNull:
+    """Running density of click rank percentiles (:func:`rank_percentile`) and, from it, the local false
+    discovery rate of a click: the probability that a click at percentile ``r`` is a random one.
+
+    The density ``f`` of percentiles is a mixture ``f(r) = pi0 * 1 + (1 - pi0) * g(r)`` of random clicks
+    (uniform: density 1) and genuine ones (``g``, falling with ``r``). As in multiple testing with
+    p-values (Efron 2001; Storey 2002; Langaas et al. 2005), ``f`` is fitted non-increasing (Grenander's
+    estimator on a histogram of ``bins`` equal bins, counts decayed by ``decay`` per batch so it follows
+    the model in service), ``pi0`` is its value at ``r = 1`` (conservative: the rarest ranks are taken for
+    noise), and ``lfdr(r) = min(1, pi0 / f(r))``. Nothing here is fitted to one log: the noise model is
+    the uniform rank of a random item, true for any catalog and model.
+
+    >>> null = RankNull(bins=4)
+    >>> table = null.update(torch.tensor([0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.4, 0.6, 0.9]))
+    >>> [round(x, 3) for x in table.tolist()]          # density 2.4, 0.8, 0.4, 0.4 -> pi0 = 0.4
+    [0.167, 0.5, 1.0, 1.0]
+    >>> null.lfdr(torch.tensor([0.05, 0.95]))
+    tensor([0.1667, 1.0000])
+    """
+
+    def __init__(self, bins: int = 50, decay: float = 0.9) -> None:
+        if bins < 2 or not 0.0 <= decay < 1.0:
+            raise ValueError(f"need bins >= 2 and 0 <= decay < 1, got bins={bins}, decay={decay}")
+        self.bins = bins
+        self.decay = decay
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.table = torch.zeros(bins, dtype=torch.float64)  # lfdr per bin; 0 until the first update
+        self.pi0 = 0.0  # the estimated share of random clicks
+
+    def _bin(self, r: torch.Tensor) -> torch.Tensor:
+        r = torch.nan_to_num(r.detach().double().cpu(), nan=1.0)
+        return (r * self.bins).long().clamp(0, self.bins - 1)
+
+    def update(self, r: torch.Tensor) -> torch.Tensor:
+        """Add a batch of percentiles; returns the lfdr table (one value per bin)."""
+        if r.numel():
+            self.counts = self.decay * self.counts + torch.bincount(self._bin(r), minlength=self.bins).double()
+            f = _nonincreasing((self.counts / self.counts.sum() * self.bins).tolist())
+            self.pi0 = min(1.0, f[-1])
+            self.table = torch.tensor([min(1.0, self.pi0 / x) if x > 0 else 1.0 for x in f], dtype=torch.float64)
+        return self.table
+
+    def lfdr(self, r: torch.Tensor) -> torch.Tensor:
+        return self.table[self._bin(r)].float().to(r.device)
+
+
+def genuine_probability(r: torch.Tensor, null: RankNull) -> torch.Tensor:
+    """``1 - lfdr(r)``: the estimated probability that clicks at rank percentiles ``r`` are genuine,
+    after adding them to the running density (the batch counts towards its own line, as the running
+    quantile does).
+
+    >>> null = RankNull(bins=4)
+    >>> genuine_probability(torch.tensor([0.0, 0.0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.4, 0.6, 0.9]), null)
+    tensor([0.8333, 0.8333, 0.8333, 0.8333, 0.8333, 0.8333, 0.5000, 0.5000, 0.0000, 0.0000])
+    """
+    null.update(r)
+    return 1.0 - null.lfdr(r)
+
+
 def output_grad_norm(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
                      temperature: float = 0.05) -> torch.Tensor:
     """Per-row norm of the catalog loss's gradient at the model's output (the unit context vector).
@@ -244,8 +338,9 @@ def reducible_loss(loss: torch.Tensor, reference_loss: torch.Tensor) -> torch.Te
 def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | None = None,
                     item_vecs: torch.Tensor | None = None, target: torch.Tensor | None = None,
                     reference_loss: torch.Tensor | None = None, line: float | None = None,
-                    n_items: int | None = None, temperature: float = 0.05) -> torch.Tensor:
-    """The raw score of estimator ``name`` for a batch (feed it to :func:`bounded` for a weight).
+                    n_items: int | None = None, temperature: float = 0.05,
+                    null: RankNull | None = None) -> torch.Tensor:
+    """The raw score of estimator ``name`` for a batch (:func:`click_weights` makes it the weight).
 
     >>> estimator_score("loss_quantile", torch.tensor([2.0, 4.0, 8.0]), line=4.0)
     tensor([0.5000, 1.0000, 0.0183])
@@ -268,6 +363,53 @@ def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | No
         if context is None or item_vecs is None or target is None:
             raise ValueError("grad_norm needs context, item_vecs and target")
         return output_grad_norm(context, item_vecs, target, temperature)
+    if name == "rank_lfdr":
+        if context is None or item_vecs is None or target is None or null is None:
+            raise ValueError("rank_lfdr needs context, item_vecs, target and the running rank density (RankNull)")
+        return genuine_probability(rank_percentile(context, item_vecs, target), null)
     if reference_loss is None:
         raise ValueError("reducible_loss needs the reference model's loss")
     return reducible_loss(loss, reference_loss)
+
+
+class NoiseLines:
+    """The running state the click estimators read across batches (one per worker): the loss quantile
+    of ``loss_quantile`` and the rank density of ``rank_lfdr``. The worker and the benchmark both
+    build it with these defaults, so the benchmark measures the weights the worker applies."""
+
+    def __init__(self, q: float = 0.8, alpha: float = 0.1, bins: int = 50, decay: float = 0.9) -> None:
+        self.quantile = RunningQuantile(q=q, alpha=alpha)
+        self.ranks = RankNull(bins=bins, decay=decay)
+
+
+def click_weights(name: str, loss: torch.Tensor, prior_events: torch.Tensor, n_items: int, *,
+                  context: torch.Tensor | None = None, item_vecs: torch.Tensor | None = None,
+                  target: torch.Tensor | None = None, lines: NoiseLines | None = None,
+                  reference_loss: torch.Tensor | None = None, w_min: float = 0.1,
+                  w_max: float = 4.0) -> torch.Tensor:
+    """The weights a worker records with a batch of clicks under estimator ``name``: the one definition
+    the worker applies and the benchmark measures.
+
+    ``loss_logn`` is :func:`importance_weight` (an absolute number: 1 = a uniform guess over the
+    catalog, for a warm user). ``rank_lfdr`` is absolute too: the probability that the click is not a
+    random item (so a model no better than chance gives every click the floor, nothing to prefer,
+    instead of amplifying small differences). Every other estimator's score is made a weight of mean
+    ~1 within the batch (:func:`bounded`). All are multiplied by the cold factor and clipped to
+    ``[w_min, w_max]``.
+
+    >>> loss = torch.tensor([math.log(100), math.log(100)])
+    >>> click_weights("loss_logn", loss, torch.tensor([0.0, 9.0]), 100)
+    tensor([2.0000, 1.1000])
+    >>> click_weights("uniform", loss, torch.tensor([0.0, 9.0]), 100)
+    tensor([2.0000, 1.1000])
+    """
+    prior = prior_events.to(loss.device)
+    if name == "loss_logn":
+        return importance_weight(loss, n_items, prior, w_min=w_min, w_max=w_max)
+    lines = lines if lines is not None else NoiseLines()
+    line = lines.quantile.update("click", loss) if name == "loss_quantile" else None
+    score = estimator_score(name, loss, context=context, item_vecs=item_vecs, target=target, line=line,
+                            n_items=n_items, reference_loss=reference_loss, null=lines.ranks)
+    if name != "rank_lfdr":
+        score = bounded(score, w_min, w_max)
+    return (score * cold_factor(prior)).clamp(w_min, w_max)

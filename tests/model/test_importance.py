@@ -113,8 +113,10 @@ def test_search_importance_bounds_and_tiny_catalogs() -> None:
 
 # ------------------------------------------------------------------------------- estimators (issue 10)
 from coldstart.errors import ConfigError  # noqa: E402
-from coldstart.model.importance import (ESTIMATORS, RunningQuantile, bounded, estimator_score,  # noqa: E402
-                                        output_grad_norm, quantile_noise_weight, reducible_loss)
+from coldstart.model.importance import (ESTIMATORS, NoiseLines, RankNull, RunningQuantile, bounded,  # noqa: E402
+                                        click_weights, estimator_score, genuine_probability,
+                                        importance_weight, output_grad_norm, quantile_noise_weight,
+                                        rank_percentile, reducible_loss)
 from coldstart.settings import Settings  # noqa: E402
 
 
@@ -154,9 +156,9 @@ def test_every_estimator_gives_bounded_weights_of_mean_about_one() -> None:
     ctx = F.normalize(torch.randn(64, 8, generator=g), dim=1)
     target = torch.randint(30, (64,), generator=g)
     loss = catalog_loss(ctx, items, target)
-    for name in ESTIMATORS:
+    for name in (e for e in ESTIMATORS if e != "rank_lfdr"):  # rank_lfdr is absolute (a probability)
         w = bounded(estimator_score(name, loss, context=ctx, item_vecs=items, target=target,
-                                    reference_loss=loss * 0.5, line=float(loss.median())))
+                                    reference_loss=loss * 0.5, line=float(loss.median()), null=RankNull()))
         assert w.shape == (64,) and float(w.min()) >= 0.1 and float(w.max()) <= 4.0, name
         assert 0.7 <= float(w.mean()) <= 1.3, name
 
@@ -170,3 +172,82 @@ def test_the_estimator_setting_is_validated_and_names_its_variable() -> None:
         Settings.from_env({"COLDSTART_IMPORTANCE_ESTIMATOR": "gradnorm"})
     with pytest.raises(ValueError, match="noise line"):
         estimator_score("loss_quantile", torch.ones(2))
+
+
+def test_a_random_clicks_rank_percentile_is_uniform_whatever_the_model() -> None:
+    """The noise model of rank_lfdr: for a uniformly drawn item the percentile is uniform on [0, 1]."""
+    g = torch.Generator().manual_seed(4)
+    items = F.normalize(torch.randn(200, 16, generator=g), dim=1)
+    ctx = F.normalize(torch.randn(4000, 16, generator=g), dim=1)
+    r = rank_percentile(ctx, items, torch.randint(200, (4000,), generator=g))
+    assert abs(float(r.mean()) - 0.5) < 0.02
+    assert abs(float((r < 0.1).float().mean()) - 0.1) < 0.02
+
+
+def _mixture(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentiles of genuine clicks (piled up near 0) mixed with a share ``noise`` of uniform ones."""
+    g = torch.Generator().manual_seed(seed)
+    genuine = 0.2 * torch.rand(n, generator=g) ** 3  # all in the top fifth, most near the top
+    is_noise = torch.rand(n, generator=g) < noise
+    return torch.where(is_noise, torch.rand(n, generator=g), genuine), is_noise
+
+
+def test_rank_null_estimates_the_share_of_random_clicks_and_damps_them() -> None:
+    null = RankNull()
+    for seed in range(8):  # worker-sized batches in order, the density carried over
+        r, is_noise = _mixture(512, 0.2, seed)
+        p = genuine_probability(r, null)
+    pi0 = null.pi0
+    assert 0.18 <= pi0 <= 0.35  # the true share is 0.2; the estimate is conservative (upward)
+    assert float(p[is_noise].mean()) < 0.4 * float(p[~is_noise].mean())
+    clean = RankNull()
+    for seed in range(8):
+        r, _ = _mixture(512, 0.0, 10 + seed)
+        p = genuine_probability(r, clean)
+    assert float(p.mean()) > 0.8  # few genuine clicks taken for noise on a clean stream
+
+
+def test_rank_lfdr_gives_near_equal_weights_when_nothing_beats_random() -> None:
+    """A model no better than chance: every click looks random, so (almost) every click gets the floor
+    instead of a few lucky ones being amplified."""
+    g = torch.Generator().manual_seed(5)
+    items = F.normalize(torch.randn(100, 8, generator=g), dim=1)
+    lines = NoiseLines()
+    for _ in range(8):
+        ctx = F.normalize(torch.randn(512, 8, generator=g), dim=1)
+        target = torch.randint(100, (512,), generator=g)
+        w = click_weights("rank_lfdr", catalog_loss(ctx, items, target), torch.full((512,), 9.0), 100,
+                          context=ctx, item_vecs=items, target=target, lines=lines)
+    assert lines.ranks.pi0 > 0.85
+    assert float((w <= 0.11 * 1.1 + 1e-6).float().mean()) > 0.75 and float(w.max()) < 0.6
+    nan = genuine_probability(torch.tensor([float("nan"), 0.0]), RankNull())
+    assert torch.isfinite(nan).all()
+
+
+def test_click_weights_are_the_workers_definition_for_every_live_estimator() -> None:
+    """loss_logn is importance_weight (absolute, unnormalised); the others are batch-normalised scores
+    times the cold factor, clipped: the formulas the worker applied before they moved here."""
+    from coldstart.model.estimators import LIVE_ESTIMATORS
+    from coldstart.model.importance import cold_factor
+
+    g = torch.Generator().manual_seed(6)
+    items = F.normalize(torch.randn(40, 8, generator=g), dim=1)
+    ctx = F.normalize(torch.randn(64, 8, generator=g), dim=1)
+    target = torch.randint(40, (64,), generator=g)
+    prior = torch.randint(0, 5, (64,), generator=g).float()
+    loss = catalog_loss(ctx, items, target)
+    assert torch.equal(click_weights("loss_logn", loss, prior, 40), importance_weight(loss, 40, prior))
+    for name in LIVE_ESTIMATORS:
+        lines, reference = NoiseLines(), NoiseLines()
+        w = click_weights(name, loss, prior, 40, context=ctx, item_vecs=items, target=target, lines=lines)
+        assert w.shape == (64,) and float(w.min()) >= 0.1 and float(w.max()) <= 4.0, name
+        if name != "loss_logn":
+            line = reference.quantile.update("click", loss) if name == "loss_quantile" else None
+            score = estimator_score(name, loss, context=ctx, item_vecs=items, target=target, line=line,
+                                    n_items=40, null=reference.ranks)
+            score = score if name == "rank_lfdr" else bounded(score)  # a probability: already absolute
+            assert torch.allclose(w, (score * cold_factor(prior)).clamp(0.1, 4.0)), name
+
+
+def test_the_rank_lfdr_setting_is_accepted() -> None:
+    assert Settings.from_env({"COLDSTART_IMPORTANCE_ESTIMATOR": "rank_lfdr"}).importance_estimator == "rank_lfdr"
