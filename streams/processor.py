@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from coldstart.model.importance import (RunningQuantile, bounded, catalog_loss, cold_factor, estimator_score,
-                                        importance_weight, search_importance)
+from coldstart.model.importance import (NoiseLines, catalog_loss, click_weights, importance_weight,
+                                        search_importance)
 from coldstart.model.items import ClickEvidence
 from coldstart.model.profile import profile_vectors, profile_weights, recency_weights
 from coldstart.model.serving import ServingModel
@@ -46,8 +46,8 @@ class BatchProcessor:
         # prequential ranker step and stream statistics); None in callers that only need profiles.
         self.click_hook = None
         # issue 10: the click-importance estimator (Settings admits only those a worker can compute); its
-        # noise line follows the click-loss distribution.
-        self.loss_line = RunningQuantile(q=0.8, alpha=0.1)
+        # noise lines (loss quantile, rank density) follow the click distribution across batches.
+        self.noise_lines = NoiseLines()
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -201,14 +201,9 @@ class BatchProcessor:
         return out
 
     def _click_weights(self, loss, ctx, item_vecs, target, prior, n_items: int) -> torch.Tensor:
-        """issue 10: weights of ``COLDSTART_IMPORTANCE_ESTIMATOR``; ``loss_logn`` is ``importance_weight``."""
-        name = self.settings.importance_estimator
-        if name == "loss_logn":
-            return importance_weight(loss, n_items, prior)
-        line = self.loss_line.update("click", loss) if name == "loss_quantile" else None
-        score = estimator_score(name, loss, context=ctx, item_vecs=item_vecs, target=target, line=line,
-                                n_items=n_items)
-        return (bounded(score) * cold_factor(prior)).clamp(0.1, 4.0)
+        """issue 10: weights of ``COLDSTART_IMPORTANCE_ESTIMATOR`` (the function the benchmark measures)."""
+        return click_weights(self.settings.importance_estimator, loss, prior, n_items, context=ctx,
+                             item_vecs=item_vecs, target=target, lines=self.noise_lines)
 
 
 def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):
