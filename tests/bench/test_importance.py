@@ -99,32 +99,62 @@ def test_prepare_test_set_keeps_users_with_one_to_five_prior_events():
     assert prep.stats["test_eligible"] == len(prep.test)
 
 
-def test_estimators_bench_runs_every_estimator_and_damps_injected_noise_on_a_tiny_problem() -> None:
-    """Clustered synthetic embeddings, 20% of targets replaced: curves for every estimator, summary rows."""
+def test_estimators_bench_runs_every_arm_and_damps_injected_noise_on_a_tiny_problem() -> None:
+    """Clustered synthetic embeddings, 20% of targets replaced: curves for every (estimator, sampling)
+    arm, summary rows, and the rank-based noise line weighs the replaced clicks below the genuine ones."""
     import torch
     import torch.nn.functional as F
 
-    from coldstart.bench.estimators import COLUMNS, run_estimators, summarise
+    from coldstart.bench.estimators import COLUMNS, arms, run_estimators, summarise
 
     g = torch.Generator().manual_seed(0)
     items = F.normalize(torch.randn(40, 16, generator=g), dim=1)
 
     def condition(noise: float) -> dict:
-        target = torch.randint(40, (300,), generator=g)
-        ctx = F.normalize(items[target] + 0.3 * torch.randn(300, 16, generator=g), dim=1)
-        noisy = torch.rand(300, generator=g) < noise
-        target = torch.where(noisy, torch.randint(40, (300,), generator=g), target)
+        target = torch.randint(40, (600,), generator=g)
+        ctx = F.normalize(items[target] + 0.3 * torch.randn(600, 16, generator=g), dim=1)
+        noisy = torch.rand(600, generator=g) < noise
+        target = torch.where(noisy, torch.randint(40, (600,), generator=g), target)
         test_target = torch.randint(40, (100,), generator=g)
         test_ctx = F.normalize(items[test_target] + 0.3 * torch.randn(100, 16, generator=g), dim=1)
         return {"items": items, "ctx": ctx, "target": target, "test_ctx": test_ctx,
-                "test_target": test_target, "noisy": noisy}
+                "test_target": test_target, "noisy": noisy, "prior": torch.ones(600)}
 
     per = {f"noise_{s:g}": run_estimators(condition(s), steps=20, seeds=(0, 1), eval_every=10, log=lambda *_: None)
            for s in (0.0, 0.2)}
     rows = summarise(per, "synthetic", eval_every=10)
-    assert len(rows) == len(per["noise_0"]) - 1 and all(len(r) == len(COLUMNS) for r in rows)
+    assert len(rows) == len(arms()) and all(len(r) == len(COLUMNS) for r in rows)
     dirty = per["noise_0.2"]
-    assert all(len(dirty[name]["curves"]) == 2 and len(dirty[name]["curves"][0]) == 2
-               for name in dirty if name != "base")
-    w = dirty["loss_quantile"]["weights"]  # the running-quantile noise line puts injected clicks below genuine
-    assert w["noisy"]["mean"] < w["genuine"]["mean"], w
+    assert all(len(dirty[key]["curves"]) == 2 and len(dirty[key]["curves"][0]) == 2 for key in dirty["arms"])
+    assert {dirty[k]["sampling"] for k in dirty["arms"]} == {"uniform", "importance", "weighted_loss"}
+    w = dirty["rank_lfdr (weighted_loss)"]["weights"]
+    assert w["noisy"]["mean"] < 0.5 * w["genuine"]["mean"], w
+    o = dirty["oracle (importance)"]["weights"]  # the ceiling: replaced clicks at the floor
+    assert o["noisy"]["p90"] <= 0.1 * 1.5 + 1e-6 < o["genuine"]["p10"], o
+
+
+def test_bench_weights_are_the_workers_click_weights() -> None:
+    """The benchmark scores with the function the worker applies (one definition of every weight):
+    loss_logn is importance_weight, unnormalised, with the cold factor."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from coldstart.bench.estimators import SCORING_BATCH, estimator_weights
+    from coldstart.model.importance import NoiseLines, catalog_loss, click_weights, importance_weight
+
+    g = torch.Generator().manual_seed(3)
+    items = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    ctx = F.normalize(torch.randn(700, 8, generator=g), dim=1)
+    target = torch.randint(30, (700,), generator=g)
+    prior = torch.randint(0, 6, (700,), generator=g).float()
+    loss = catalog_loss(ctx, items, target)
+    got = estimator_weights("loss_logn", ctx, items, target, prior)
+    assert torch.allclose(got.float(), importance_weight(loss, 30, prior))
+    lines = NoiseLines()
+    expected = torch.cat([click_weights("rank_lfdr", loss[p], prior[p], 30, context=ctx[p], item_vecs=items,
+                                        target=target[p], lines=lines)
+                          for p in (slice(0, SCORING_BATCH), slice(SCORING_BATCH, None))])
+    assert torch.allclose(estimator_weights("rank_lfdr", ctx, items, target, prior).float(), expected)
+    assert not math.isclose(float(got.mean()), 1.0, abs_tol=1e-3)  # not batch-normalised
