@@ -261,14 +261,17 @@ def plot_curves(result: dict[str, Any], path: Any, eval_every: int) -> None:
 
     panels = [(d, k) for d in result["datasets"] for k in result[d] if k.startswith("noise_")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (dataset, key) in zip(axes[0], panels):
-        cond = result[dataset][key]
-        for key in cond["arms"]:
-            curve = mean_curve(cond[key]["curves"])
-            style = "--" if cond[key]["sampling"] == "importance" else "-"
-            ax.plot([eval_every * (i + 1) for i in range(len(curve))], curve, style, label=key, linewidth=1)
+    colours = plt.get_cmap("tab10")
+    for ax, (dataset, condition) in zip(axes[0], panels):
+        cond = result[dataset][condition]
+        names = list(dict.fromkeys(cond[arm]["estimator"] for arm in cond["arms"]))
+        for arm in cond["arms"]:  # colour = estimator, dashed = importance sampling, solid = weighted_loss
+            curve = mean_curve(cond[arm]["curves"])
+            style = "--" if cond[arm]["sampling"] == "importance" else "-"
+            ax.plot([eval_every * (i + 1) for i in range(len(curve))], curve, style, label=arm, linewidth=1,
+                    color=colours(names.index(cond[arm]["estimator"]) % 10))
         ax.axhline(cond["base"], color="grey", linestyle=":", label="base")
-        ax.set_title(f"{dataset}, {key.replace('noise_', 'noise ')}")
+        ax.set_title(f"{dataset}, {condition.replace('noise_', 'noise ')}")
         ax.set_xlabel("optimiser steps")
         ax.set_ylabel("Recall@10")
     axes[0][0].legend(fontsize=5)

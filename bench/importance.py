@@ -267,7 +267,7 @@ def bench_importance(settings: Settings, *, steps: int = 600, seeds: Sequence[in
                      noise: Sequence[float] = (0.0, 0.2), datasets: Sequence[str] = ("bestbuy", "amazon"),
                      max_train: int = 4000, max_test: int = 1500, max_length: int = 32, eval_every: int = 100,
                      samplings: Sequence[str] | None = None, estimators: Sequence[str] | None = None,
-                     out_dir: Any = "reports", log: Any = print) -> dict:
+                     noise_seed: int = 0, out_dir: Any = "reports", log: Any = print) -> dict:
     """``coldstart bench importance``: every estimator side by side (``coldstart.bench.estimators``),
     under each weighted sampling mode of the trainer, with uniform sampling as the control.
 
@@ -289,7 +289,7 @@ def bench_importance(settings: Settings, *, steps: int = 600, seeds: Sequence[in
     result: dict[str, Any] = {"datasets": list(datasets), "estimators": list(estimators),
                               "samplings": list(samplings),
                               "protocol": {"steps": steps, "seeds": list(seeds), "noise": list(noise),
-                                           "eval_every": eval_every,
+                                           "eval_every": eval_every, "noise_seed": noise_seed,
                                            "max_train": max_train, "max_test": max_test,
                                            "model": "linear adapter on frozen base MiniLM embeddings",
                                            "device": str(encoder.device), "threads": torch.get_num_threads()}}
@@ -298,7 +298,8 @@ def bench_importance(settings: Settings, *, steps: int = 600, seeds: Sequence[in
         clicks, titles = load_clicks(settings, name)
         per: dict[str, Any] = {}
         for s in noise:
-            prep = prepare(name, clicks, titles, noise=s, seed=0, max_train=max_train, max_test=max_test)
+            prep = prepare(name, clicks, titles, noise=s, seed=noise_seed, max_train=max_train,
+                           max_test=max_test)
             data = est.encode_condition(encoder, cache, prep)
             per[f"noise_{s:g}"] = est.run_estimators(data, steps=steps, seeds=seeds, eval_every=eval_every,
                                                      estimators=estimators, samplings=samplings,
@@ -399,12 +400,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--datasets", default="bestbuy,amazon")
     ap.add_argument("--estimators", default=None, help="comma-separated; default: all")
     ap.add_argument("--samplings", default=None, help="comma-separated; default: importance,weighted_loss")
+    ap.add_argument("--noise-seed", type=int, default=0, help="which clicks are replaced by random items")
     ap.add_argument("--out", type=Path, default=Path("reports/bench_importance.json"))
     a = ap.parse_args(argv)
     res = bench_importance(Settings.from_env(), steps=a.steps, seeds=tuple(range(a.seeds)),
                            eval_every=a.eval_every, max_train=a.max_train, datasets=a.datasets.split(","),
                            estimators=a.estimators.split(",") if a.estimators else None,
-                           samplings=a.samplings.split(",") if a.samplings else None, out_dir=a.out.parent)
+                           samplings=a.samplings.split(",") if a.samplings else None,
+                           noise_seed=a.noise_seed, out_dir=a.out.parent)
     print_table(res)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, default=str))
