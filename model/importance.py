@@ -138,9 +138,14 @@ def search_importance(query_vecs: torch.Tensor, item_vecs: torch.Tensor, prior_e
 
 # ------------------------------------------------------------------------------- estimators (issue 10)
 # Each estimator turns what the scoring pass already has (per-sample catalog loss, the context and
-# item vectors, optionally a reference model's loss) into a raw per-sample score; ``bounded`` then
-# makes it a weight with mean ~1 over the batch, clipped, so every estimator is interchangeable for
-# the trainer's samplers. The choice is the setting ``COLDSTART_IMPORTANCE_ESTIMATOR``.
+# item vectors, optionally a reference model's loss, the running NoiseLines) into a per-sample score;
+# ``click_weights`` makes it the recorded weight (the worker and the benchmark both call it): an
+# absolute number for loss_logn and rank_lfdr, a weight of mean ~1 over the batch (``bounded``) for
+# the others, times the cold factor, clipped. The choice is the setting ``COLDSTART_IMPORTANCE_ESTIMATOR``.
+#
+# Measured (``coldstart bench importance``): only under the trainer's ``weighted_loss`` sampling does a
+# low weight take a sample's pull away; ``importance`` sampling's 1/(Np) correction is unbiased, so it
+# restores the pull of every sample, injected noise included, whatever the weights.
 from coldstart.model.estimators import ESTIMATORS, check_estimator  # noqa: E402 (torch-free names)
 
 
