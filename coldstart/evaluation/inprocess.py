@@ -30,6 +30,10 @@ class InProcessPipeline:
         from coldstart.streams.recommender import Recommender
 
         self.settings = settings
+        if settings.torch_threads > 0:  # as the worker does: its per-batch tensor work is measured here
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         self.model = ServingModel.load(path=settings.model_path or None, device=settings.device,
                                        cache_size=settings.embedding_cache_size, max_items=settings.max_items,
                                        max_queries=settings.item_queries)
