@@ -118,6 +118,7 @@ class Settings:
     rocksdb_block_cache_mb: int = 64  # data, index and filter blocks
     rocksdb_write_buffer_mb: int = 32  # all memtables
     expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
+    ranker_save_every_s: float = 30.0  # the learned ranker's checkpoint in data_dir (a restart keeps it)
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
@@ -204,6 +205,8 @@ class Settings:
                      "rocksdb_block_cache_mb", "rocksdb_write_buffer_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.ranker_save_every_s <= 0:
+            raise ConfigError(f"{PREFIX}RANKER_SAVE_EVERY_S must be > 0, got {self.ranker_save_every_s}")
         if self.user_ttl_s < 0 or self.expiry_every_s <= 0:
             raise ConfigError(f"{PREFIX}USER_TTL_S must be >= 0 (0 = never) and {PREFIX}EXPIRY_EVERY_S > 0")
         from coldstart.model.estimators import check_estimator  # the model layer owns the names

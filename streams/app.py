@@ -20,6 +20,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import faust
 import torch
@@ -36,6 +37,7 @@ from coldstart import contract
 from coldstart.streams.catalog import CatalogReader
 from coldstart.streams.metrics import Metrics
 from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
+from coldstart.model.ranker import FEATURES, LinearRanker, load_ranker, save_ranker
 from coldstart.streams.recommender import Recommender
 from coldstart.contract import PARSERS, DeadLetter, parse_item
 from coldstart.streams.state import ProfileState
@@ -65,7 +67,8 @@ class Worker:
         self.processor = BatchProcessor(settings, self.model)
         # issue 10: bot-like users' events go to the DLQ (reason = the rule) before they are applied.
         self.guard = ActivityGuard() if settings.anomaly_guard else None
-        self.recommender = Recommender(settings, self.model)
+        self.recommender = Recommender(settings, self.model, ranker=self._restore_ranker())
+        self._ranker_saved_steps = self.recommender.ranker.steps
         self.processor.click_hook = self.recommender.learn_clicks  # issue 9: ranker + stream statistics
         self.metrics.model_version_info.labels(self.model.version).set(1)
         for kind in ("search", "click"):  # a worker that got no event yet still reports 0 (ColdstartNoEvents)
@@ -181,6 +184,11 @@ class Worker:
             self.lag_now = sum(lag.values())
             self.report_item_evictions()
             self.report_rocksdb_memory()
+            self.report_ranker()
+
+        @app.timer(interval=s.ranker_save_every_s)
+        async def save_ranker() -> None:
+            await self.save_ranker()
 
         if s.user_ttl_s > 0:
             @app.timer(interval=s.expiry_every_s)
@@ -244,6 +252,42 @@ class Worker:
         return (not app.rebalancing and app.tables.recovery.completed.is_set()
                 and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set()
                 and self.swapper.caught_up.is_set())
+
+    # ---------------------------------------------------------------------------------- ranker
+    @property
+    def ranker_path(self) -> Path:
+        return Path(self.settings.data_dir) / "ranker.safetensors"
+
+    def _restore_ranker(self) -> LinearRanker | None:
+        """What this worker's ranker had learned before a restart (its data directory), else None: a
+        restarted worker keeps ranking as well as it did instead of starting from the fixed blend."""
+        ranker, why = load_ranker(self.ranker_path)
+        if ranker is None and why != "no saved ranker":
+            log.warning("ranker checkpoint %s not used, starting from the initial weights: %s", self.ranker_path, why)
+        elif ranker is not None:
+            log.info("ranker restored from %s (%d steps)", self.ranker_path, ranker.steps)
+        return ranker
+
+    async def save_ranker(self) -> None:
+        """Checkpoint the ranker when it learned since the last save, on the writer thread (the one
+        that updates it), so the file never holds a half-applied step."""
+        ranker = self.recommender.ranker
+        if ranker.steps == self._ranker_saved_steps:
+            return
+        loop = asyncio.get_running_loop()
+        steps = await loop.run_in_executor(self.batch_executor, self._save_ranker_now)
+        self._ranker_saved_steps = steps
+
+    def _save_ranker_now(self) -> int:
+        ranker = self.recommender.ranker
+        save_ranker(ranker, self.ranker_path)
+        return ranker.steps
+
+    def report_ranker(self) -> None:
+        ranker = self.recommender.ranker
+        self.metrics.ranker_steps.set(ranker.steps)
+        for name, weight in zip(FEATURES, ranker.weights.tolist()):
+            self.metrics.ranker_weight.labels(name).set(weight)
 
     def report_item_evictions(self) -> None:
         """Carry the item index's eviction counts (it survives swaps through ``adopt``) to the metric."""

@@ -45,6 +45,8 @@ class Metrics:
     item_evictions: Counter  # issue 8: the item index's capacity policy
     users_expired: Counter  # issue 8: inactive users' profiles deleted (tombstones in the changelog)
     rocksdb_memory: Gauge  # issue 8: the profile table's RocksDB memory, against its budget
+    ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
+    ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -103,4 +105,6 @@ class Metrics:
             rocksdb_memory=gauge("rocksdb_memory_bytes", "The profile table's RocksDB memory, shared by all its "
                                  "partitions: block_cache (data, index and filter blocks) and memtables.",
                                  ["kind"]),
+            ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
+            ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
         )

@@ -278,3 +278,52 @@ def test_query_click_memory_ranks_what_others_clicked_after_that_query(worker, p
     produce("events.search", user, search(user, "birthday present for dad"))
     body = worker.wait_for_events(user, 1)
     assert body["items"][0]["item_id"] == chair, body["items"][:3]
+
+
+def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_path, produce, worker, catalog):
+    """The learned ranker is checkpointed in the worker's data directory (safetensors, atomically) and
+    restored at start: a worker restarted on its disk goes on from what it had learned, not from the
+    fixed blend."""
+    import torch
+
+    from coldstart.model.ranker import FEATURES, LinearRanker, load_ranker
+
+    app_id = unique("cs-ranker")
+    env = {"COLDSTART_RANKER_SAVE_EVERY_S": "1"}
+    w = WorkerProcess(kafka_bootstrap, app_id, tmp_path / "data", extra_env=env).start()
+    items = list(catalog)
+    users = [unique("u") for _ in range(6)]
+    try:
+        for n, u in enumerate(users):
+            produce("events.click", u, click(u, items[n % len(items)]))
+            produce("events.click", u, click(u, items[(n + 1) % len(items)]))
+        for u in users:
+            w.wait_for_events(u, 2)
+        deadline = time.monotonic() + 30
+        while w.metric("coldstart_ranker_steps") < len(users) * 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        learned = w.metric("coldstart_ranker_steps")
+        assert learned >= len(users) * 2, w.log_tail()
+        path = tmp_path / "data" / "ranker.safetensors"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            saved, why = load_ranker(path)
+            if saved is not None and saved.steps >= learned:
+                break
+            time.sleep(0.5)
+        assert saved is not None and saved.steps >= learned, why
+        assert not torch.allclose(saved.weights, LinearRanker().weights)  # it learned: not the initial blend
+        weights = {f: w.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
+    finally:
+        w.stop()
+    w2 = WorkerProcess(kafka_bootstrap, app_id, tmp_path / "data", extra_env=env).start()
+    try:
+        deadline = time.monotonic() + 30
+        while w2.metric("coldstart_ranker_steps") < saved.steps and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert w2.metric("coldstart_ranker_steps") == saved.steps
+        restored = {f: w2.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
+        assert restored == pytest.approx(dict(zip(FEATURES, saved.weights.tolist())), abs=1e-6)
+        assert restored == pytest.approx(weights, abs=1e-6)
+    finally:
+        w2.stop()
