@@ -108,7 +108,7 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
                 None, help="... or after this many new samples (M) [COLDSTART_TRAINER_ROUND_MIN_SAMPLES, 2000]"),
             steps: Optional[int] = typer.Option(None, help="optimizer steps per round [COLDSTART_TRAINER_STEPS, 200]"),
             sampling: Optional[str] = typer.Option(
-                None, help="importance | weighted_loss | uniform [COLDSTART_TRAINER_SAMPLING, importance]"),
+                None, help="importance | weighted_loss | uniform [COLDSTART_TRAINER_SAMPLING, weighted_loss]"),
             time_budget_s: Optional[float] = typer.Option(
                 None, help="wall-clock bound of one round [COLDSTART_TRAINER_TIME_BUDGET_S, 300]"),
             gate_tolerance: Optional[float] = typer.Option(
