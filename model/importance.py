@@ -44,7 +44,7 @@ import torch.nn.functional as F
 __all__ = ["ESTIMATORS", "NoiseLines", "RankNull", "RunningQuantile", "bounded", "catalog_loss",
            "check_estimator", "click_weights", "cold_factor", "estimator_score", "genuine_probability",
            "importance_weight", "learnability", "output_grad_norm", "plausibility", "quantile_noise_weight",
-           "rank_percentile", "reducible_loss", "search_importance"]
+           "rank_percentile", "reducible_loss", "search_importance", "unscored_weight"]
 
 
 def catalog_loss(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
@@ -112,6 +112,17 @@ def importance_weight(loss: torch.Tensor, n_items: int, prior_events: torch.Tens
     d = loss.float() / math.log(max(n_items, 2))
     w = learnability(d, noise_margin) * cold_factor(prior_events.to(loss.device), cold_boost)
     return w.clamp(w_min, w_max)
+
+
+def unscored_weight(prior_events: torch.Tensor, n_items: int) -> torch.Tensor:
+    """The weight of clicks the model cannot score yet (an item with no vector, no context): the weight
+    of a uniform guess over the catalog, boosted for cold users like any other event.
+
+    >>> unscored_weight(torch.tensor([0.0, 9.0]), 100)
+    tensor([2.0000, 1.1000])
+    """
+    uniform = torch.full(prior_events.shape, math.log(max(n_items, 2)), device=prior_events.device)
+    return importance_weight(uniform, max(n_items, 2), prior_events)
 
 
 def search_importance(query_vecs: torch.Tensor, item_vecs: torch.Tensor, prior_events: torch.Tensor,

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from coldstart.settings import Settings
-from coldstart.model.importance import (NoiseLines, catalog_loss, click_weights, importance_weight,
-                                        search_importance)
+from coldstart.model.importance import NoiseLines, catalog_loss, click_weights, search_importance, unscored_weight
 from coldstart.model.items import ClickEvidence
 from coldstart.model.profile import profile_vectors, profile_weights, recency_weights
 from coldstart.model.serving import ServingModel
@@ -195,8 +194,7 @@ class BatchProcessor:
         unscored = [i for i, e in enumerate(events) if isinstance(e, ClickEvent) and out[i] == (1.0, 0.0)]
         if unscored:  # one tensor call for all of them (issue 11: no per-event tensor work)
             p = torch.tensor([float(prior[i]) for i in unscored], device=dev)
-            uniform = torch.full((len(unscored),), float(np.log(max(n_items, 2))), device=dev)
-            for i, wi in zip(unscored, importance_weight(uniform, max(n_items, 2), p).tolist()):
+            for i, wi in zip(unscored, unscored_weight(p, n_items).tolist()):
                 out[i] = (wi, 0.0)
         return out
 
