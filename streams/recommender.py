@@ -25,6 +25,10 @@ from coldstart.model.stats import StreamStats, growth, log_norm, snapshot
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
 
+# max_cos looks at the user's newest events only: each costs a product with the whole catalogue, and a
+# cold-start user (the users this serves first) has no more than this many anyway.
+MAX_COS_EVENTS = 5
+
 # Signals grouped by what an explanation says about them.
 PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos", "max_cos"}
 QUERY_SIGNALS = {"query_memory", "query_cos"}
@@ -83,8 +87,8 @@ class Recommender:
             else:
                 profile = profile_vectors(vecs, weights, owner, 1)
             sig["profile_cos"] = (profile @ item_vecs.T)[0]
-            if vecs.shape[0]:
-                sig["max_cos"] = (vecs @ item_vecs.T).max(dim=0).values
+            if vecs.shape[0]:  # the newest few: one matrix product each over the whole catalogue
+                sig["max_cos"] = (vecs[-MAX_COS_EVENTS:] @ item_vecs.T).max(dim=0).values
             last = events[-1]
             row = items.row.get(last.item_id) if last.item_id else None
             if row is not None and row < n and bool(item_valid[row]):
