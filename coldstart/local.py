@@ -23,7 +23,7 @@ import httpx
 from coldstart.errors import ColdstartError
 from coldstart.settings import Settings
 
-__all__ = ["LocalStack", "WorkerProcess", "parse_metrics", "scrape", "spawn_worker"]
+__all__ = ["LocalStack", "WorkerProcess", "parse_metrics", "scrape", "spawn_trainer", "spawn_worker"]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -109,6 +109,15 @@ def spawn_worker(settings: Settings, log_path: Path) -> WorkerProcess:
     return WorkerProcess(proc, f"http://{settings.web_host}:{settings.web_port}", log_path)
 
 
+def spawn_trainer(settings: Settings, log_path: Path, metrics_port: int) -> WorkerProcess:
+    """Start ``coldstart trainer`` with exactly ``settings``; its /metrics on ``metrics_port`` (no /health)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "trainer", "--metrics-port", str(metrics_port)],
+                                env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
+    return WorkerProcess(proc, f"http://{settings.web_host}:{metrics_port}", log_path)
+
+
 class LocalStack:
     """A broker (started here unless ``bootstrap`` is given), its topics and worker subprocesses, in
     ``workdir`` (a temporary folder, removed on close, when none is given).
@@ -126,6 +135,7 @@ class LocalStack:
         self.app_id = app_id or f"cs-local-{uuid.uuid4().hex[:8]}"
         self.kafka = None
         self.workers: list[WorkerProcess] = []
+        self.trainers: list[WorkerProcess] = []
 
     def start(self) -> "LocalStack":
         from coldstart.kafka_local import LocalKafka, free_port
@@ -153,6 +163,17 @@ class LocalStack:
         self.workers.append(worker)
         return worker
 
+    def start_trainer(self, **changes: Any) -> WorkerProcess:
+        """A ``coldstart trainer`` with this stack's settings and ``changes``: it reads this stack's
+        training.samples and publishes into ``registry_uri`` (the workers must be given the same one)."""
+        from coldstart.kafka_local import free_port
+
+        n = len(self.trainers)
+        settings = self.settings.replace(**{"app_id": self.app_id, "web_host": "127.0.0.1", **changes})
+        trainer = spawn_trainer(settings, self.workdir / f"trainer{n}.log", free_port())
+        self.trainers.append(trainer)
+        return trainer
+
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Until every worker's /health says ok."""
         deadline = time.monotonic() + timeout
@@ -160,10 +181,10 @@ class LocalStack:
             worker.wait_healthy(max(1.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        for worker in self.workers:
+        for worker in self.trainers + self.workers:
             if worker.proc.poll() is None:
                 worker.proc.terminate()
-        for worker in self.workers:
+        for worker in self.trainers + self.workers:
             worker.stop()
         if self.kafka is not None:
             self.kafka.stop()

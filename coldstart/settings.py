@@ -76,12 +76,31 @@ class EvaluationSettings:
     n_boot: int = 1000  # bootstrap resamples for the intervals
     device: str = "cpu"  # of the in-process zero-shot baselines
     seed: int = 7  # of the site simulator, when it is the dataset
+    # ``coldstart eval run --trainer`` (issue 9): a real trainer round every this many new training samples,
+    # each of this many optimiser steps (0 = the trainer section's COLDSTART_TRAINER_STEPS, 200). CPU-sized
+    # defaults: 30 steps of 32 samples take ~15 s on two busy cores; the rest of the round (learning rate,
+    # batch, sampling, holdout and the gate's tolerance) is the trainer section's, as in production.
+    trainer_round_samples: int = 1000
+    trainer_steps: int = 30
 
     PREFIX = PREFIX + "EVAL_"
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_boot < 1:
             raise ConfigError(f"{self.PREFIX}K and {self.PREFIX}N_BOOT must be at least 1, got {self.k}, {self.n_boot}")
+        if self.trainer_round_samples < 1 or self.trainer_steps < 0:
+            raise ConfigError(f"{self.PREFIX}TRAINER_ROUND_SAMPLES must be at least 1 and {self.PREFIX}TRAINER_STEPS "
+                              f"at least 0, got {self.trainer_round_samples}, {self.trainer_steps}")
+
+    def trainer_config(self, trainer: TrainerSettings) -> TrainerSettings:
+        """The trainer section as ``--trainer`` runs it: a round every ``trainer_round_samples`` new samples
+        (never on a timer, so a replay's rounds do not depend on the machine's speed), ``trainer_steps``.
+
+        >>> EvaluationSettings(trainer_round_samples=50, trainer_steps=0).trainer_config(TrainerSettings()).steps
+        200
+        """
+        return dataclasses.replace(trainer, round_min_samples=self.trainer_round_samples, round_every_s=1e12,
+                                   steps=self.trainer_steps or trainer.steps)
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"{self.PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
 

@@ -40,25 +40,53 @@ def run(dataset: str = typer.Argument(..., help="bestbuy[:ROWS] | amazon[:valid]
         in_process: bool = typer.Option(False, "--in-process", help="drive the worker's code objects without a "
                                         "broker (fast iteration; the live run is the figure of record)"),
         exact_order: bool = typer.Option(False, "--exact-order", help="live run: before each ranking wait until "
-                                         "the worker learned every earlier click (as --in-process does)")) -> None:
+                                         "the worker learned every earlier click (as --in-process does)"),
+        trainer: bool = typer.Option(False, "--trainer", help="run every task twice on the same stream and seed: "
+                                     "trainer off (with the baselines), then trainer on (`live_trainer`: real "
+                                     "rounds every --round-samples samples, gated, published, swapped in during "
+                                     "the replay); the report puts them side by side with the version timeline"),
+        round_samples: Optional[int] = typer.Option(
+            None, help="--trainer: a round every this many new training samples [COLDSTART_EVAL_TRAINER_ROUND_SAMPLES, 1000]"),
+        trainer_steps: Optional[int] = typer.Option(
+            None, help="--trainer: optimiser steps per round, CPU-sized (0 = COLDSTART_TRAINER_STEPS) "
+                       "[COLDSTART_EVAL_TRAINER_STEPS, 30]")) -> None:
     """Replay DATASET through Kafka and a worker; before each click score the worker's top-K and every
-    baseline's; write report.md, PNGs, results.json and rankings.jsonl."""
+    baseline's; write report.md, PNGs, results.json and rankings.jsonl.
+
+    With --trainer each task runs twice on the same events: first trainer off, then trainer on, where
+    a real trainer (`coldstart trainer`'s rounds: fine-tune the encoder on the samples the worker emits,
+    gate on the newest 10% of its buffer, publish) runs every --round-samples samples with
+    --trainer-steps steps (the rest of the round, gate tolerance included, from the COLDSTART_TRAINER_*
+    settings). Live: a fresh broker, worker and `coldstart trainer` for the on-run; the trainer's rounds
+    run beside the replay, so when a version arrives depends on the machine's speed. --in-process:
+    each round runs between two events and its version is swapped in before the next one (as a worker
+    loads it: verified, item index rebuilt in the new vector space), so the timeline is reproducible;
+    the registry and buffer live in OUT/trainer/TASK (the weights are removed at the end, the
+    manifests kept). Every live ranking records the version that made it (rankings.jsonl)."""
     from coldstart.evaluation.prequential import EvalConfig, evaluate
     from coldstart.settings import Settings
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("coldstart.evaluation").setLevel(logging.INFO)
-    s = Settings.from_env(shared_data=shared_data, evaluation=dict(k=k, n_boot=n_boot, device=device))
+    s = Settings.from_env(shared_data=shared_data, evaluation=dict(k=k, n_boot=n_boot, device=device,
+                                                                   trainer_round_samples=round_samples,
+                                                                   trainer_steps=trainer_steps))
     slug = dataset.replace("/", "_").replace(":", "-")
     out = out or Path("reports") / f"eval-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = EvalConfig(dataset=dataset, out=out, limit=limit, tasks=tuple(task), bootstrap=bootstrap_servers,
                      worker_url=worker_url, partitions=partitions, shared_data=s.shared_data, zero_shot=zero_shot,
                      exclude_clicked=exclude_clicked, in_process=in_process, exact_order=exact_order,
-                     options=s.evaluation)
+                     trainer=trainer, options=s.evaluation)
     results = evaluate(cfg)
     for name, t in results["tasks"].items():
         live = t["methods"].get("live", {}).get("cold_1_5", {})
         goal = t.get("goal") or {}
         console.print(f"{name}: live Recall@{s.evaluation.k} (1-5 prior) {live.get('recall')}, best baseline "
                       f"{goal.get('best_baseline')}, ratio {goal.get('ratio')} (target {goal.get('target')})")
+        on = t.get("trainer") or {}
+        if on.get("on"):
+            console.print(f"{name}: trainer on {on['on'].get('recall')} vs off {on['off'].get('recall')}, ratio "
+                          f"{on.get('ratio')} (target {on.get('target')}); versions served: "
+                          f"{', '.join(v['version'] for v in on.get('versions', []))}; rounds: "
+                          f"{', '.join(r['outcome'] for r in on.get('rounds', []))}")
     console.print(f"report: {out / 'report.md'}")

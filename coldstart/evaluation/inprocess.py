@@ -5,16 +5,32 @@ statistics and learned ranker (:class:`~coldstart.streams.recommender.Recommende
 event by event in stream order with the prequential protocol of the live run (rank a click, then
 apply it). Events go through the wire contract's parsers, so what the worker would dead-letter is
 counted here too. For fast iteration; the live run through Kafka stays the figure of record.
+
+With ``trainer_dir`` (``coldstart eval run --in-process --trainer``) a real
+:class:`~coldstart.trainer.service.Trainer` learns from the training samples the batch step emits:
+every ``round_samples`` new samples they are made durable in its buffer (``ingest``) and one round runs
+(``run_round``: fine-tune, gate, publish into the registry under ``trainer_dir``). A version the gate
+publishes is loaded as a worker loads it (``streams/swap.py``: checksums verified, encoder loaded, item
+index built in the new vector space with the version's shipped vectors, smoke encode), and swapped into
+the batch step and the recommender before the next event; profiles made by the older version are
+recomputed from their recent events, as in a worker. The replay waits for each round, so a version serves
+from the event after the last sample it was trained on: the live system's rounds run beside the
+stream instead and their versions arrive later (seconds to minutes of stream).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from coldstart.contract import parse_click, parse_item, parse_search
 from coldstart.errors import BadEvent
 from coldstart.replay.events import ReplayEvent
 from coldstart.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["InProcessPipeline"]
 
@@ -24,7 +40,8 @@ class InProcessPipeline:
 
     name = "live"
 
-    def __init__(self, settings: Settings, *, namespace: str = "") -> None:
+    def __init__(self, settings: Settings, *, namespace: str = "", trainer_dir: Path | None = None,
+                 round_samples: int | None = None) -> None:
         from coldstart.model.serving import ServingModel
         from coldstart.streams.processor import BatchProcessor
         from coldstart.streams.recommender import Recommender
@@ -43,11 +60,31 @@ class InProcessPipeline:
         self.profiles = {}
         self.dead_letters: dict[str, int] = {}
         self.exclude_clicked = False
+        self.events_seen = 0
+        # The trainer inside the replay (None: trainer off).
+        self.trainer = None
+        self.round_samples = round_samples or settings.evaluation.trainer_round_samples
+        self.pending: list = []  # samples emitted since the last round
+        self.samples_emitted = 0
+        self.rounds: list[dict[str, Any]] = []
+        if trainer_dir is not None:
+            from coldstart.trainer.service import Trainer
+
+            trainer_dir = Path(trainer_dir)
+            trainer_settings = settings.replace(registry_uri=str(trainer_dir / "registry"),
+                                                buffer_dir=trainer_dir / "buffer")
+            self.trainer = Trainer(trainer_settings, settings.evaluation.trainer_config(settings.trainer))
+
+    @property
+    def version(self) -> str:
+        """The model version serving now (recorded with every ranking)."""
+        return self.model.version
 
     def learn_one(self, event: ReplayEvent) -> None:
         from coldstart.replay.producer import encode
 
         key, value = encode(event)
+        self.events_seen += 1  # position in the stream (items included): where a round ran
         try:
             if event.type == "item":
                 item = parse_item(value, key)
@@ -62,6 +99,60 @@ class InProcessPipeline:
         state = self.profiles.get(ev.user_id)
         outcome = self.processor.process([ev], {ev.user_id: state} if state is not None else {})
         self.profiles.update(outcome.profiles)
+        if self.trainer is not None and outcome.samples:
+            self.pending.extend(outcome.samples)
+            self.samples_emitted += len(outcome.samples)
+            if len(self.pending) >= self.round_samples:
+                self.train_round()
+
+    # ------------------------------------------------------------------------------ the trainer
+    def train_round(self) -> dict[str, Any]:
+        """Hand the pending samples to the trainer's buffer, run one round, swap in what it publishes."""
+        started = time.perf_counter()
+        served = self.model.version
+        added = self.trainer.ingest(self.pending)
+        self.pending = []
+        report = self.trainer.run_round()
+        entry: dict[str, Any] = {
+            "round": len(self.rounds) + 1, "after_event": self.events_seen, "samples_emitted": self.samples_emitted,
+            "samples_added": added, "buffer_samples": self.trainer.buffer.n_samples,
+            "outcome": report.outcome, "reason": report.reason, "version": report.version, "serving": served,
+            "n_train": report.n_train, "n_holdout": report.n_holdout,
+            "candidate_metrics": report.candidate, "serving_metrics": report.serving,
+            "steps": report.result.steps if report.result is not None else 0,
+            "first_loss": report.result.first_loss if report.result is not None else None,
+            "last_loss": report.result.last_loss if report.result is not None else None,
+            "round_seconds": round(report.seconds, 2)}
+        if report.version is not None:
+            entry["swap_seconds"] = round(self.swap_to(report.version), 2)
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        self.rounds.append(entry)
+        cand, serv = report.candidate or {}, report.serving or {}
+        log.info("round %d after %d events: %s %s (holdout Recall@10 candidate %.3f vs serving %.3f; %.0f s)",
+                 entry["round"], self.events_seen, report.outcome, report.version or "", cand.get("recall@10", float("nan")),
+                 serv.get("recall@10", float("nan")), entry["seconds"])
+        return entry
+
+    def swap_to(self, version: str) -> float:
+        """Load ``version`` from the trainer's registry as a worker does (``ModelSwapper._build`` and
+        ``apply`` in streams/swap.py) and switch the batch step and the recommender to it. Returns the
+        seconds the load and switch took (the replay is paused meanwhile)."""
+        from coldstart.model.serving import ServingModel
+
+        started = time.perf_counter()
+        s = self.settings
+        loaded = self.trainer.registry.load(version)  # verifies every sha256, raises ArtifactRefused
+        snapshot = self.model.items.copy_metadata()
+        revision = snapshot.revision
+        shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
+        model = ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
+                                  cache_size=s.embedding_cache_size, items=snapshot, shipped=shipped)
+        model.items.adopt(self.model.items, revision)  # nothing changed meanwhile here: kept for fidelity
+        model.items.refresh(model.encoder, model.cache)
+        self.model = model
+        self.processor.swap(model)
+        self.recommender.swap(model)
+        return time.perf_counter() - started
 
     def rank(self, user: str, query: str | None, k: int) -> list[str]:
         # What the catalog reader does between batches: every changed item gets its vector.

@@ -29,6 +29,7 @@ import urllib.parse
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,11 @@ from coldstart import local
 from coldstart.settings import EvaluationSettings
 from coldstart.errors import ColdstartError, KafkaUnavailable
 from coldstart.evaluation.baselines import Baseline
-from coldstart.evaluation.records import Ranking, TaskRun, write_rankings
+from coldstart.evaluation.records import LIVE, LIVE_TRAINER, Ranking, TaskRun, write_rankings
 from coldstart.replay.events import ReplayEvent, topic_for
 
 log = logging.getLogger(__name__)
 
-LIVE = "live"
 TASKS = {"search_click": True, "profile_only": False}  # task -> searches kept in the stream
 SEND_AHEAD = 256  # events scanned ahead for searches that may be sent early
 MAX_K = 1000  # the API's bound on k
@@ -103,6 +103,7 @@ class LiveClient:
         self.ns = namespace
         self.exclude = "true" if exclude_clicked else "false"
         self.timeout_s = timeout_s
+        self.last_version: str | None = None  # model_version of the last recommendations answer
 
     async def _get(self, path: str) -> dict | None:
         import aiohttp
@@ -160,6 +161,7 @@ class LiveClient:
                     pause = min(pause * 1.5, 0.05)
                     continue
             items = [i["item_id"] for i in body["items"]]
+            self.last_version = body.get("model_version")
             ours = [i[len(self.ns):] for i in items if i.startswith(self.ns)]
             if len(ours) < self.k and len(items) == k and k < MAX_K:
                 k = min(MAX_K, k * 4)  # other runs' items crowd the list: ask for more
@@ -253,7 +255,7 @@ def shared_broker_options() -> dict[str, Any]:
 async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], *,
                    bootstrap: str, worker_url: str, namespace: str = "", k: int = 10,
                    exclude_clicked: bool = False, progress: bool = False, exact_order: bool = False,
-                   client_options: Mapping[str, Any] | None = None) -> TaskRun:
+                   client_options: Mapping[str, Any] | None = None, method: str = LIVE) -> TaskRun:
     """Replay ``stream`` prequentially and rank every click with the worker and every baseline.
 
     ``client_options``: Kafka security keywords for the replay producer and the dead-letter reader
@@ -329,7 +331,8 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                 query = pending_query.get(user) if TASKS[task] else None
                 ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
                 expected = len(applied[user])
-                record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked)
+                record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked,
+                             method=method, version=live.last_version)
                 pending_query.pop(user, None)
                 items.add(item)
             if index not in sent:
@@ -385,9 +388,11 @@ async def _rank_live(live: LiveClient, dead: DeadLetterWatch, user: str, applied
 
 
 def run_task_in_process(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], pipeline, *,
-                        k: int = 10, exclude_clicked: bool = False, progress: bool = False) -> TaskRun:
+                        k: int = 10, exclude_clicked: bool = False, progress: bool = False,
+                        method: str = LIVE) -> TaskRun:
     """The prequential loop of :func:`run_task` with the worker's code objects in-process
-    (:class:`~coldstart.evaluation.inprocess.InProcessPipeline`): same order, same records."""
+    (:class:`~coldstart.evaluation.inprocess.InProcessPipeline`): same order, same records. A pipeline
+    with a trainer runs its rounds (and swaps) between events; ``run.trainer`` then holds its rounds."""
     run = TaskRun(task)
     started = time.monotonic()
     sent: dict[str, int] = defaultdict(int)  # user -> events replayed (what the worker would count)
@@ -404,7 +409,8 @@ def run_task_in_process(stream: Sequence[ReplayEvent], task: str, baselines: Seq
             ranking = pipeline.rank(user, query, k)
             stale = pipeline.n_events(user) < expected
             check_dead_letters(pipeline.dead_letters, sum(sent.values()))
-            record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked)
+            record_click(run, event, ranking, stale, expected, clicked, query, baselines, k, exclude_clicked,
+                         method=method, version=pipeline.version)
             pending_query.pop(user, None)
             items.add(item)
         pipeline.learn_one(event)
@@ -418,9 +424,14 @@ def run_task_in_process(stream: Sequence[ReplayEvent], task: str, baselines: Seq
             b.learn_one(event)
         run.events += 1
         if progress and run.clicks and index % 500 == 0:
-            log.info("%s: %d/%d events, %d clicks ranked (in-process)", task, index, len(stream), run.clicks)
+            log.info("%s: %d/%d events, %d clicks ranked (in-process%s)", task, index, len(stream), run.clicks,
+                     f", {method} serving {pipeline.version}" if getattr(pipeline, "trainer", None) else "")
     run.seconds = time.monotonic() - started
     run.catalog = len(items)
+    if getattr(pipeline, "trainer", None) is not None:
+        run.trainer = {"rounds": list(pipeline.rounds), "samples": pipeline.samples_emitted,
+                       "untrained_samples": len(pipeline.pending),
+                       "config": dataclasses.asdict(pipeline.trainer.config)}
     return run
 
 
@@ -443,7 +454,7 @@ def check_dead_letters(dead: dict[str, int], sent: int, *, min_sent: int = 20, m
 
 def record_click(run: TaskRun, event: ReplayEvent, ranking: list[str], stale: bool, prior: int,
                  clicked: dict[str, list[str]], query: str | None, baselines: Sequence[Baseline], k: int,
-                 exclude_clicked: bool) -> None:
+                 exclude_clicked: bool, *, method: str = LIVE, version: str | None = None) -> None:
     """Score one click for the system (``ranking``) and every baseline, then remember the click.
 
     Shared by the live and the in-process runs, so both record exactly the same fields.
@@ -452,7 +463,7 @@ def record_click(run: TaskRun, event: ReplayEvent, ranking: list[str], stale: bo
     run.stale += stale
     common = dict(task=run.task, click=run.clicks, event_id=str(event.value.get("event_id")), user=user,
                   ts=event.ts, prior=prior, prior_clicks=len(clicked[user]), query=query)
-    run.rankings.append(_ranked(LIVE, ranking, item, stale=stale, **common))
+    run.rankings.append(_ranked(method, ranking, item, stale=stale, version=version, **common))
     skip = set(clicked[user]) if exclude_clicked else set()
     for b in baselines:
         ranked = [i for i in b.rank(user, query, k + len(skip)) if i not in skip][:k]
@@ -461,11 +472,12 @@ def record_click(run: TaskRun, event: ReplayEvent, ranking: list[str], stale: bo
     clicked[user].append(item)
 
 
-def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = False, **common) -> Ranking:
+def _ranked(method: str, ranking: list[str], clicked_item: str, stale: bool = False, version: str | None = None,
+            **common) -> Ranking:
     from coldstart.evaluation.metrics import rank_of
 
     return Ranking(method=method, ranking=list(ranking), rank=rank_of(ranking, clicked_item), stale=stale,
-                   item=clicked_item, **common)
+                   item=clicked_item, version=version, **common)
 
 
 # ---------------------------------------------------------------------------------- launcher
@@ -475,18 +487,26 @@ class LocalStack(local.LocalStack):
 
     A fresh worker means a fresh consumer group and profile table (its own ``COLDSTART_APP_ID``); on
     a broker started here the topics are fresh too, so no state carries over between tasks.
+
+    ``trainer``: also start a ``coldstart trainer`` with these settings, on a registry and buffer of
+    this stack's own (``registry/`` and ``buffer/`` in the work folder), which the worker follows.
     """
 
     def __init__(self, bootstrap: str | None = None, *, partitions: int | None = None,
-                 workdir: Path | None = None, start_timeout_s: float = 240.0) -> None:
+                 workdir: Path | None = None, start_timeout_s: float = 240.0, trainer=None) -> None:
         from coldstart.settings import Settings
 
         super().__init__(Settings.from_env(partitions=partitions), bootstrap=bootstrap, workdir=workdir,
                          app_id=f"cs-eval-{uuid.uuid4().hex[:8]}")
         self.start_timeout_s = start_timeout_s
+        self.trainer_config = trainer
+        self.trainer = None
 
     def start(self) -> "LocalStack":
         super().start()
+        if self.trainer_config is not None:
+            self.settings = self.settings.replace(registry_uri=str(self.workdir / "registry"),
+                                                  buffer_dir=self.workdir / "buffer", trainer=self.trainer_config)
         self.worker = self.start_worker(
             session_timeout_s=10.0,
             # An evaluation replays history as it happened (the 1997-98 Amazon log included): its
@@ -496,11 +516,43 @@ class LocalStack(local.LocalStack):
             # not a recommendation, and the baselines never forget either.
             user_ttl_s=0.0)
         self.worker.wait_healthy(self.start_timeout_s)
+        if self.trainer_config is not None:
+            self.trainer = self.start_trainer()
         return self
 
     @property
     def url(self) -> str:
         return self.worker.url
+
+    def trainer_rounds(self) -> dict[str, Any]:
+        """What the trainer did: rounds and gate decisions by outcome (its /metrics) and every version it
+        published with the gate's holdout scores (the registry's manifests)."""
+        from coldstart.model.registry import Registry
+
+        out: dict[str, Any] = {"rounds": [], "outcomes": {}, "gate": {}}
+        if self.trainer is None:
+            return out
+        try:
+            metrics = self.trainer.scrape()
+        except Exception as exc:  # an exited trainer: its log says why
+            log.warning("could not read the trainer's /metrics (%s):\n%s", exc, self.trainer.log_tail())
+            metrics = {}
+        for key, value in metrics.items():
+            for name, field_name in (("coldstart_trainer_rounds_total", "outcomes"),
+                                     ("coldstart_trainer_gate_decisions_total", "gate")):
+                if key.startswith(name + "{"):
+                    out[field_name][key.split('"')[1]] = value
+        registry = Registry(self.settings.registry_uri)
+        for version in registry.list_versions():
+            manifest = registry.manifest(version)
+            m = manifest.get("metrics", {})
+            out["rounds"].append({
+                "outcome": "published", "version": version, "serving": manifest.get("parent"),
+                "created_ts": manifest.get("created_ts"), "data_window": manifest.get("data_window"),
+                "n_train": m.get("n_train"), "steps": m.get("steps"),
+                "candidate_metrics": {k[len("candidate_"):]: v for k, v in m.items() if k.startswith("candidate_")},
+                "serving_metrics": {k[len("serving_"):]: v for k, v in m.items() if k.startswith("serving_")}})
+        return out
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -520,7 +572,33 @@ class EvalConfig:
     exclude_clicked: bool = False
     in_process: bool = False  # drive the worker's code objects without a broker (fast iteration)
     exact_order: bool = False  # live run: wait until the worker learned every earlier click (see run_task)
+    # Run every task twice on the same stream: trainer off (with the baselines), then trainer on (rounds
+    # every ``options.trainer_round_samples`` samples, versions swapped in during the replay).
+    trainer: bool = False
     options: EvaluationSettings = field(default_factory=EvaluationSettings)  # k, n_boot, device, seed
+
+
+def merge_trainer_run(off: TaskRun, on: TaskRun) -> TaskRun:
+    """The trainer-on run's rankings (``live_trainer``) beside the trainer-off run's, on the same clicks."""
+    if on.clicks != off.clicks:
+        raise ColdstartError(f"trainer on ranked {on.clicks} clicks, trainer off {off.clicks}: not the same stream")
+    off.rankings.extend(on.rankings)
+    off.trainer = {**on.trainer, "seconds": round(on.seconds, 1), "stale": on.stale, "clicks": on.clicks,
+                   "importance": on.importance}
+    return off
+
+
+def _drop_weights(trainer_dir: Path) -> None:
+    """Keep the in-process trainer's manifests (the rounds are in results.json too), drop its weights and
+    buffer: ~90 MB a version would otherwise stay in every report folder."""
+    import shutil
+
+    for path in sorted(trainer_dir.glob("registry/versions/*/manifest.json")):
+        target = trainer_dir / "manifests" / f"{path.parent.name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    shutil.rmtree(trainer_dir / "registry", ignore_errors=True)
+    shutil.rmtree(trainer_dir / "buffer", ignore_errors=True)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -530,6 +608,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if cfg.worker_url and not cfg.bootstrap:
         raise ColdstartError("--worker-url needs --bootstrap-servers too: the runner replays into that broker")
+    if cfg.trainer and not cfg.in_process and (cfg.bootstrap or cfg.worker_url):
+        raise ColdstartError("--trainer starts its own broker, worker and trainer: a trainer on a shared broker "
+                             "would read other runs' samples and announce versions to their workers")
     events = load_events(cfg.dataset, cfg.shared_data, cfg.limit, cfg.options.seed)
     has_search = any(e.type == "search" for e in events)
     tasks = cfg.tasks or (("search_click", "profile_only") if has_search else ("profile_only",))
@@ -539,8 +620,11 @@ def evaluate(cfg: EvalConfig) -> dict:
 
         vectors = TextVectors(TextEncoder(device=cfg.options.device))
         vectors.prefetch(texts_of(events))
+    from coldstart.settings import Settings
+
     runs: list[TaskRun] = []
     started = time.time()
+    trainer_config = cfg.options.trainer_config(Settings.from_env().trainer) if cfg.trainer else None
     for task in tasks:
         stream = task_stream(events, task)
         baselines = default_baselines(vectors, with_queries=TASKS[task] and has_search)
@@ -548,11 +632,18 @@ def evaluate(cfg: EvalConfig) -> dict:
         namespace = f"ev{uuid.uuid4().hex[:6]}~" if shared else ""
         if cfg.in_process:
             from coldstart.evaluation.inprocess import InProcessPipeline
-            from coldstart.settings import Settings
 
-            pipeline = InProcessPipeline(Settings.from_env(device=cfg.options.device))
-            runs.append(run_task_in_process(stream, task, baselines, pipeline, k=cfg.options.k,
-                                            exclude_clicked=cfg.exclude_clicked, progress=True))
+            settings = Settings.from_env(device=cfg.options.device, evaluation=cfg.options)
+            run = run_task_in_process(stream, task, baselines, InProcessPipeline(settings), k=cfg.options.k,
+                                      exclude_clicked=cfg.exclude_clicked, progress=True)
+            if cfg.trainer:
+                trainer_dir = Path(cfg.out) / "trainer" / task
+                pipeline = InProcessPipeline(settings, trainer_dir=trainer_dir)
+                on = run_task_in_process(stream, task, [], pipeline, k=cfg.options.k,
+                                         exclude_clicked=cfg.exclude_clicked, progress=True, method=LIVE_TRAINER)
+                merge_trainer_run(run, on)
+                _drop_weights(trainer_dir)
+            runs.append(run)
             continue
         # A shop's broker takes the COLDSTART_KAFKA_* security settings; the runner's own is plaintext.
         options = shared_broker_options() if shared else {}
@@ -563,18 +654,27 @@ def evaluate(cfg: EvalConfig) -> dict:
                                              client_options=options)))
             continue
         with LocalStack(cfg.bootstrap, partitions=cfg.partitions) as stack:
-            runs.append(asyncio.run(run_task(stream, task, baselines, bootstrap=stack.bootstrap,
-                                             worker_url=stack.url, namespace=namespace, k=cfg.options.k,
-                                             exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
-                                             client_options=options)))
+            run = asyncio.run(run_task(stream, task, baselines, bootstrap=stack.bootstrap,
+                                       worker_url=stack.url, namespace=namespace, k=cfg.options.k,
+                                       exclude_clicked=cfg.exclude_clicked, exact_order=cfg.exact_order,
+                                       client_options=options))
+        if cfg.trainer:  # the same stream again, on a fresh stack with a trainer beside the worker
+            with LocalStack(None, partitions=cfg.partitions, trainer=trainer_config) as stack:
+                on = asyncio.run(run_task(stream, task, [], bootstrap=stack.bootstrap, worker_url=stack.url,
+                                          namespace=namespace, k=cfg.options.k, exclude_clicked=cfg.exclude_clicked,
+                                          exact_order=cfg.exact_order, method=LIVE_TRAINER))
+                on.trainer = {**stack.trainer_rounds(), "config": dataclasses.asdict(trainer_config)}
+            merge_trainer_run(run, on)
+        runs.append(run)
     meta = {
         "dataset": cfg.dataset, "limit": cfg.limit, "k": cfg.options.k, "tasks": list(tasks),
         "events": len(events), "exclude_clicked": cfg.exclude_clicked, "n_boot": cfg.options.n_boot,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "worker": "in-process (no broker)" if cfg.in_process else (cfg.worker_url or "started by the runner"),
-        "broker": cfg.bootstrap or "a local broker per task, started by the runner",
+        "broker": "none (in-process)" if cfg.in_process else (cfg.bootstrap or "a local broker per task, started by the runner"),
         "encoder_device": cfg.options.device if cfg.zero_shot else None,
+        "trainer": dataclasses.asdict(trainer_config) if trainer_config is not None else None,
     }
     results = build_results(runs, meta, n_boot=cfg.options.n_boot)
     write_report(cfg.out, results, runs)
@@ -583,4 +683,4 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 __all__ = ["EvalConfig", "LIVE", "LiveClient", "LocalStack", "Ranking", "TASKS", "TaskRun", "evaluate",
            "check_dead_letters", "importance_histogram", "load_events", "namespaced", "run_task",
-           "run_task_in_process", "task_stream", "write_rankings"]
+           "merge_trainer_run", "run_task_in_process", "task_stream", "write_rankings"]

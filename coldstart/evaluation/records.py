@@ -11,6 +11,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+LIVE = "live"  # the live system, trainer off (the zero-shot encoder serves throughout)
+LIVE_TRAINER = "live_trainer"  # the live system with the trainer's rounds swapped in during the replay
+SYSTEMS = (LIVE, LIVE_TRAINER)  # rankings of the system under test; every other method is a baseline
+
 
 @dataclass
 class Ranking:
@@ -29,6 +33,7 @@ class Ranking:
     ranking: list[str]
     rank: int | None
     stale: bool = False  # the worker had not applied all of the user's earlier events in time
+    version: str | None = None  # the model version that ranked it (the live system's rankings only)
 
 
 @dataclass
@@ -41,6 +46,9 @@ class TaskRun:
     stale: int = 0
     importance: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> {le: count}
     catalog: int = 0  # distinct items seen in the stream
+    # ``--trainer``: the trainer-on run of the same stream (its rankings are in ``rankings`` under
+    # ``live_trainer``): its rounds, gate decisions, versions published, seconds and stale answers.
+    trainer: dict = field(default_factory=dict)
 
 
 def write_rankings(path: Path, runs: Iterable[TaskRun]) -> int:

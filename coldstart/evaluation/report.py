@@ -12,11 +12,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from coldstart.evaluation.records import write_rankings
-from coldstart.evaluation.metrics import COLD_GROUPS, GROUPS, coverage, prior_group, summarize
+from coldstart.evaluation.records import LIVE, LIVE_TRAINER, SYSTEMS, write_rankings
+from coldstart.evaluation.metrics import COLD_GROUPS, GROUPS, coverage, hit, prior_group, summarize
 
-LIVE = "live"
 WINDOWS = 10
+TRAINER_TARGET = 1.15  # issue 9: trainer on >= 1.15 x trainer off (Amazon Office, same stream, same seed)
 # Why a baseline can beat the live scorer, in words a reader can check against the scorer's code.
 WHY = {
     "query_memory": "the ranker has the worker's query->click memory as a feature but weighs it against "
@@ -74,27 +74,98 @@ def build_results(runs: Sequence, meta: dict, n_boot: int = 1000) -> dict:
                 "over_time": over_time,
                 "stale": sum(r.stale for r in rows),
             }
-        baselines = [m for m in methods if m != LIVE]
+            if method in SYSTEMS:
+                methods[method]["versions"] = version_timeline(rows)
+        baselines = [m for m in methods if m not in SYSTEMS]
         best = max(baselines, key=lambda m: methods[m]["cold_1_5"]["recall"]
                    if not math.isnan(methods[m]["cold_1_5"]["recall"]) else -1.0, default=None)
         goal = None
         if best is not None and LIVE in methods:
-            live, base = methods[LIVE]["cold_1_5"], methods[best]["cold_1_5"]
-            if run.task == "search_click":
-                miss_l, miss_b = 1 - live["recall"], 1 - base["recall"]
-                ratio = miss_l / miss_b if miss_b > 0 else float("nan")
-                goal = {"statement": "live misses <= 0.75 x best baseline's misses (users with 1-5 prior events)",
-                        "best_baseline": best, "ratio": ratio, "target": 0.75, "met": ratio <= 0.75}
-            else:
-                ratio = live["recall"] / base["recall"] if base["recall"] > 0 else float("nan")
-                goal = {"statement": "live Recall@10 >= 1.25 x best baseline (users with 1-5 prior events)",
-                        "best_baseline": best, "ratio": ratio, "target": 1.25, "met": ratio >= 1.25}
+            goal = _goal(run.task, LIVE, methods[LIVE]["cold_1_5"], best, methods[best]["cold_1_5"])
         tasks[run.task] = {
             "seconds": round(run.seconds, 1), "events": run.events, "clicks": run.clicks,
             "stale": run.stale, "catalog": run.catalog, "methods": methods, "best_baseline": best,
             "goal": goal, "importance": run.importance,
         }
+        if LIVE_TRAINER in methods:
+            trainer = dict(getattr(run, "trainer", None) or {})
+            on, off = methods[LIVE_TRAINER]["cold_1_5"], methods.get(LIVE, {}).get("cold_1_5")
+            summary = {"statement": f"trainer on Recall@{k} >= {TRAINER_TARGET} x trainer off (users with 1-5 "
+                                    "prior events, same stream, same seed)",
+                       "on": on, "off": off, "target": TRAINER_TARGET,
+                       "versions": methods[LIVE_TRAINER]["versions"]}
+            if off is not None:
+                ratio, ci = paired_ratio(by_method[LIVE_TRAINER], by_method[LIVE], k, n_boot)
+                summary |= {"ratio": ratio, "ratio_ci": ci, "met": ratio >= TRAINER_TARGET}
+            rounds = trainer.pop("rounds", [])
+            summary |= {"rounds": rounds, "published": [r["version"] for r in rounds if r.get("version")],
+                        "gate": _count(r.get("outcome") for r in rounds)}
+            summary |= trainer
+            if best is not None:
+                summary["goal"] = _goal(run.task, LIVE_TRAINER, on, best, methods[best]["cold_1_5"])
+            tasks[run.task]["trainer"] = summary
     return _clean({"meta": meta, "tasks": tasks})
+
+
+def _goal(task: str, system: str, live: dict, best: str, base: dict) -> dict:
+    if task == "search_click":
+        miss_l, miss_b = 1 - live["recall"], 1 - base["recall"]
+        ratio = miss_l / miss_b if miss_b > 0 else float("nan")
+        return {"statement": f"{system} misses <= 0.75 x best baseline's misses (users with 1-5 prior events)",
+                "best_baseline": best, "ratio": ratio, "target": 0.75, "met": ratio <= 0.75}
+    ratio = live["recall"] / base["recall"] if base["recall"] > 0 else float("nan")
+    return {"statement": f"{system} Recall@10 >= 1.25 x best baseline (users with 1-5 prior events)",
+            "best_baseline": best, "ratio": ratio, "target": 1.25, "met": ratio >= 1.25}
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def version_timeline(rows: Sequence) -> list[dict]:
+    """The versions a system served, in click order: where each began and how many clicks it ranked.
+
+    >>> from types import SimpleNamespace as R
+    >>> [(v["version"], v["from_click"], v["clicks"]) for v in version_timeline(
+    ...     [R(click=0, ts=1.0, version="a"), R(click=1, ts=2.0, version="a"), R(click=2, ts=3.0, version="b")])]
+    [('a', 0, 2), ('b', 2, 1)]
+    """
+    out: list[dict] = []
+    for r in rows:
+        version = getattr(r, "version", None)
+        if not out or out[-1]["version"] != version:
+            out.append({"version": version, "from_click": r.click, "ts": r.ts, "clicks": 0})
+        out[-1]["clicks"] += 1
+    return out
+
+
+def paired_ratio(on_rows: Sequence, off_rows: Sequence, k: int, n_boot: int, seed: int = 0) -> tuple[float, list]:
+    """Recall@k of ``on`` over ``off`` on the same clicks (users with 1-5 prior events), with a paired
+    bootstrap 95% interval (both systems resampled on the same clicks).
+
+    >>> from types import SimpleNamespace as R
+    >>> on = [R(click=i, prior=1, rank=1 if i < 6 else None) for i in range(10)]
+    >>> off = [R(click=i, prior=1, rank=1 if i < 4 else None) for i in range(10)]
+    >>> paired_ratio(on, off, 10, 200)[0]
+    1.5
+    """
+    import numpy as np
+
+    off_by_click = {r.click: r for r in off_rows if prior_group(r.prior) in COLD_GROUPS}
+    pairs = [(hit(r.rank, k), hit(off_by_click[r.click].rank, k)) for r in on_rows if r.click in off_by_click]
+    if not pairs:
+        return float("nan"), [None, None]
+    a = np.array(pairs)
+    ratio = a[:, 0].sum() / a[:, 1].sum() if a[:, 1].sum() > 0 else float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    on_s, off_s = a[idx, 0].sum(axis=1), a[idx, 1].sum(axis=1)
+    boots = on_s[off_s > 0] / off_s[off_s > 0]
+    ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))] if len(boots) else [None, None]
+    return float(ratio), ci
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -120,10 +191,14 @@ def _fmt(summary: dict, key: str) -> str:
 def markdown(results: dict) -> str:
     meta = results["meta"]
     k = meta.get("k", 10)
+    in_process = str(meta.get("worker", "")).startswith("in-process")
+    with_trainer = any("trainer" in t for t in results["tasks"].values())
     lines = [
         f"# Cold-start evaluation: {meta['dataset']}",
         "",
-        f"Prequential replay through the live pipeline (real Kafka broker, one `coldstart worker`), "
+        ("Prequential replay through the worker's code objects in-process (batch step, item index, stream "
+         "statistics, ranker; no broker), " if in_process else
+         "Prequential replay through the live pipeline (real Kafka broker, one `coldstart worker`), ") +
         f"{meta['events']} events (limit: {meta['limit'] or 'none'}), K = {k}, "
         f"exclude_clicked = {str(meta['exclude_clicked']).lower()}, started {meta['started']}, "
         f"{meta['seconds']} s in all. Broker: {meta['broker']}; worker: {meta['worker']}.",
@@ -133,13 +208,17 @@ def markdown(results: dict) -> str:
         "stream before learning the click. Prior events = the user's events before the click as the "
         "worker counts them (in *search_click* the search just before the click is one of them). "
         "Brackets: bootstrap 95% intervals "
-        f"({meta['n_boot']} resamples). The live system here runs without the trainer (zero-shot encoder).",
+        f"({meta['n_boot']} resamples). " + (
+            "`live` runs without the trainer (zero-shot encoder throughout); `live_trainer` is the same "
+            "system replayed again on the same stream with the trainer's rounds swapped in (see *Trainer on vs "
+            "off* in each task)." if with_trainer else
+            "The live system here runs without the trainer (zero-shot encoder)."),
         "",
     ]
     for task, t in results["tasks"].items():
         methods = t["methods"]
-        order = [LIVE] + sorted((m for m in methods if m != LIVE),
-                                key=lambda m: -(methods[m]["cold_1_5"]["recall"] or 0))
+        order = [m for m in SYSTEMS if m in methods] + sorted(
+            (m for m in methods if m not in SYSTEMS), key=lambda m: -(methods[m]["cold_1_5"]["recall"] or 0))
         lines += [f"## Task `{task}`", "",
                   f"{t['clicks']} clicks ranked, {t['events']} events replayed in {t['seconds']} s; "
                   f"{t['stale']} live answers came before the worker had applied all of the user's "
@@ -147,7 +226,7 @@ def markdown(results: dict) -> str:
         goal = t.get("goal")
         if goal:
             lines += [f"**Goal**: {goal['statement']}. Best baseline: `{goal['best_baseline']}`; "
-                      f"measured ratio **{goal['ratio']:.3f}** (target {goal['target']}): "
+                      f"measured ratio **{_num(goal['ratio'])}** (target {goal['target']}): "
                       f"{'met' if goal['met'] else '**not met**'}.", ""]
         cols = [*GROUPS, "1-5", "all"]
         for key, title in (("recall", f"Recall@{k}"), ("ndcg", f"NDCG@{k}"), ("mrr", "MRR")):
@@ -156,11 +235,12 @@ def markdown(results: dict) -> str:
                       "|---" * (len(cols) + 1) + "|"]
             for m in order:
                 cells = [_fmt(_cell(methods[m], c), key) for c in cols]
-                lines.append(f"| {'**live**' if m == LIVE else m} | " + " | ".join(cells) + " |")
+                lines.append(f"| {f'**{m}**' if m in SYSTEMS else m} | " + " | ".join(cells) + " |")
             lines.append("")
         lines += ["Coverage (share of the stream's items shown in any top-10): " + ", ".join(
             f"{m} {methods[m]['all']['coverage']:.3f}" for m in order if methods[m]['all'].get('coverage') is not None),
             ""]
+        lines += _trainer_section(t, k)
         lines += _shortfalls(task, t, k)
         for name in results.get("plots", {}).get(task, []):
             lines += [f"![{name}]({name})", ""]
@@ -168,6 +248,52 @@ def markdown(results: dict) -> str:
         lines += ["## Importance distribution (worker /metrics, `coldstart_importance_weight`)", "",
                   f"![importance]({results['plots']['importance'][0]})", ""]
     return "\n".join(lines)
+
+
+def _num(x, spec: str = ".3f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _trainer_section(t: dict, k: int) -> list[str]:
+    tr = t.get("trainer")
+    if not tr:
+        return []
+    on, off = tr.get("on") or {}, tr.get("off") or {}
+    ci = tr.get("ratio_ci") or [None, None]
+    out = ["### Trainer on vs off", ""]
+    if tr.get("ratio") is not None:
+        out += [f"**Goal**: {tr['statement']}. Recall@{k} (1-5 prior) trainer on **{_num(on.get('recall'))}** vs "
+                f"off {_num(off.get('recall'))} (n={on.get('n')}): ratio **{tr['ratio']:.3f}** "
+                f"[{_num(ci[0])}, {_num(ci[1])}] (paired bootstrap on the same clicks; target {tr['target']}): "
+                f"{'met' if tr.get('met') else '**not met**'}.", ""]
+    goal = tr.get("goal")
+    if goal:
+        out += [f"Trainer on against the best baseline `{goal['best_baseline']}`: ratio {_num(goal['ratio'])} "
+                f"(target {goal['target']}).", ""]
+    cfg = tr.get("config") or {}
+    rounds = tr.get("rounds") or []
+    out += [f"The trainer-on replay took {tr.get('seconds')} s ({tr.get('stale', 0)} stale answers). Rounds every "
+            f"{cfg.get('round_min_samples')} new samples, {cfg.get('steps')} steps of {cfg.get('batch_size')} "
+            f"(lr {cfg.get('lr')}, sampling {cfg.get('sampling')}), gate tolerance {cfg.get('tolerance')} on the newest "
+            f"{cfg.get('holdout_fraction')} of the buffer. Gate decisions: "
+            + (", ".join(f"{n} {o}" for o, n in sorted((tr.get("gate") or {}).items())) or "none")
+            + (f" (trainer metrics: rounds {tr['outcomes']})" if tr.get("outcomes") else "") + ".", ""]
+    if rounds:
+        out += ["| round | after event | buffer | outcome | version | holdout Recall@10 cand / serving | "
+                "NDCG@10 cand / serving | loss first → last | seconds |", "|---" * 9 + "|"]
+        for i, r in enumerate(rounds, 1):
+            c, sv = r.get("candidate_metrics") or {}, r.get("serving_metrics") or {}
+            out.append(f"| {r.get('round', i)} | {r.get('after_event', '–')} | {r.get('buffer_samples', r.get('n_train', '–'))} "
+                       f"| {r.get('outcome')} | {r.get('version') or '–'} | {_num(c.get('recall@10'))} / "
+                       f"{_num(sv.get('recall@10'))} | {_num(c.get('ndcg@10'))} / {_num(sv.get('ndcg@10'))} | "
+                       f"{_num(r.get('first_loss'), '.3f')} → {_num(r.get('last_loss'), '.3f')} | "
+                       f"{r.get('seconds', '–')} |")
+        out.append("")
+    versions = tr.get("versions") or []
+    if versions:
+        out += ["Versions served by `live_trainer` (from the version recorded with each ranking): " + ", ".join(
+            f"{v['version']} from click {v['from_click']} ({v['clicks']} clicks)" for v in versions) + ".", ""]
+    return out
 
 
 def _n(methods: dict, col: str) -> int:
@@ -199,7 +325,7 @@ def _shortfalls(task: str, t: dict, k: int) -> list[str]:
         live = _cell(methods[LIVE], col)
         if not live.get("n"):
             continue
-        better = [(m, _cell(s, col)) for m, s in methods.items() if m != LIVE and _cell(s, col).get("n")]
+        better = [(m, _cell(s, col)) for m, s in methods.items() if m not in SYSTEMS and _cell(s, col).get("n")]
         better = [(m, s) for m, s in better if s["recall"] is not None and s["recall"] > live["recall"]]
         if not better:
             continue
@@ -212,6 +338,10 @@ def _shortfalls(task: str, t: dict, k: int) -> list[str]:
     if not found:
         out.append(f"- nowhere: the live system's Recall@{k} is at least every baseline's in every group.")
     return out + [""]
+
+
+def _colour(method: str) -> str | None:
+    return {LIVE: "black", LIVE_TRAINER: "tab:red"}.get(method)
 
 
 def write_plots(out: Path, results: dict) -> dict[str, list[str]]:
@@ -237,7 +367,7 @@ def write_plots(out: Path, results: dict) -> dict[str, list[str]]:
                 err = [[v - g[f"{key}_ci"][0] for v, (_, g) in zip(val, pts)],
                        [g[f"{key}_ci"][1] - v for v, (_, g) in zip(val, pts)]]
                 ax.errorbar(px, val, yerr=err, marker="o", capsize=3, label=m,
-                            linewidth=2.5 if m == LIVE else 1.2, color="black" if m == LIVE else None)
+                            linewidth=2.5 if m in SYSTEMS else 1.2, color=_colour(m))
             ax.set_xticks(xs, GROUPS)
             ax.set_xlabel("prior events of the user")
             ax.set_title(f"{task}: {title}")
@@ -252,10 +382,16 @@ def write_plots(out: Path, results: dict) -> dict[str, list[str]]:
         fig, ax = plt.subplots(figsize=(8, 4.2))
         for m, s in methods.items():
             ax.plot([w["to_click"] for w in s["over_time"]], [w["recall"] for w in s["over_time"]],
-                    marker=".", label=m, linewidth=2.5 if m == LIVE else 1.2, color="black" if m == LIVE else None)
+                    marker=".", label=m, linewidth=2.5 if m in SYSTEMS else 1.2, color=_colour(m))
+        # The trainer-on run's swaps: where each published version began serving.
+        for v in (methods.get(LIVE_TRAINER) or {}).get("versions", [])[1:]:
+            ax.axvline(v["from_click"], color="tab:red", linestyle=":", linewidth=1)
+            ax.annotate(str(v["version"]), (v["from_click"], 1.0), xycoords=("data", "axes fraction"),
+                        rotation=90, fontsize=7, color="tab:red", ha="right", va="top")
         ax.set_xlabel("clicks replayed (window end)")
         ax.set_ylabel(f"Recall@{k} in the window")
-        ax.set_title(f"{task}: Recall@{k} over time ({WINDOWS} windows)")
+        ax.set_title(f"{task}: Recall@{k} over time ({WINDOWS} windows)"
+                     + ("; dotted: trainer versions swapped in" if LIVE_TRAINER in methods else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
