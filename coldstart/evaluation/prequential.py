@@ -518,7 +518,23 @@ class LocalStack(local.LocalStack):
         self.worker.wait_healthy(self.start_timeout_s)
         if self.trainer_config is not None:
             self.trainer = self.start_trainer()
+            self._wait_trainer(self.start_timeout_s)
         return self
+
+    def _wait_trainer(self, timeout: float) -> None:
+        """Until the trainer has loaded its encoder and buffer (its metrics exist): a replay started before
+        would be half over before the trainer read its first sample."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.trainer.proc.poll() is not None:
+                raise ColdstartError(f"the trainer exited with {self.trainer.proc.returncode}:\n{self.trainer.log_tail()}")
+            try:
+                if any(k.startswith("coldstart_trainer_buffer_samples") for k in self.trainer.scrape()):
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.5)
+        raise ColdstartError(f"the trainer was not ready within {timeout:.0f} s:\n{self.trainer.log_tail()}")
 
     @property
     def url(self) -> str:
@@ -541,7 +557,7 @@ class LocalStack(local.LocalStack):
             for name, field_name in (("coldstart_trainer_rounds_total", "outcomes"),
                                      ("coldstart_trainer_gate_decisions_total", "gate")):
                 if key.startswith(name + "{"):
-                    out[field_name][key.split('"')[1]] = value
+                    out[field_name][key.split('"')[1]] = int(value)
         registry = Registry(self.settings.registry_uri)
         for version in registry.list_versions():
             manifest = registry.manifest(version)
