@@ -203,8 +203,10 @@ def markdown(results: dict) -> str:
         f"exclude_clicked = {str(meta['exclude_clicked']).lower()}, started {meta['started']}, "
         f"{meta['seconds']} s in all. Broker: {meta['broker']}; worker: {meta['worker']}.",
         "",
-        "Before each click the worker's `GET /users/{id}/recommendations` gave the user's top-K once it "
-        "had applied every earlier event of that user; every baseline ranked in-process on the same "
+        ("Before each click the pipeline's recommender gave the user's top-K after every earlier event "
+         "was applied (exact stream order); every baseline ranked on the same " if in_process else
+         "Before each click the worker's `GET /users/{id}/recommendations` gave the user's top-K once it "
+         "had applied every earlier event of that user; every baseline ranked in-process on the same ") +
         "stream before learning the click. Prior events = the user's events before the click as the "
         "worker counts them (in *search_click* the search just before the click is one of them). "
         "Brackets: bootstrap 95% intervals "
