@@ -108,12 +108,20 @@ class LinearRanker:
     """
 
     def __init__(self, weights: torch.Tensor | None = None, lr: float = 0.5, l2: float = 1e-4,
-                 max_abs: float = 50.0) -> None:
+                 max_abs: float = 50.0, warmup: float = 20.0) -> None:
         self.weights = (initial_weights() if weights is None else weights).clone().float()
         self.lr = lr
+        # Step t moves by lr * t / (t + warmup): the first clicks of a fresh shop say little about which
+        # signal predicts clicks (one click after an unrelated search taught "text does not matter" and
+        # a popular item beat a new one that matched the next query exactly), so they barely move the
+        # blend; after a hundred clicks the rate is 5/6 of lr.
+        self.warmup = warmup
         self.l2 = l2
         self.max_abs = max_abs  # a bound on every weight: one odd stretch of the stream cannot run away
-        self.grad_sq = torch.full_like(self.weights, 1e-2)
+        # AdaGrad's accumulator starts at 1, not near 0: the first steps are then lr x gradient, not lr x
+        # sign(gradient). In process on the first 2,400 Amazon clicks (Recall@10, 1-5 prior): 0.207 with
+        # 1e-2, 0.208 with 1; with the warm-up below 0.206 (warm-up 100: 0.202).
+        self.grad_sq = torch.full_like(self.weights, 1.0)
         self.steps = 0
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
@@ -131,8 +139,9 @@ class LinearRanker:
         grad = (p[:, None] * torch.nan_to_num(features)).sum(0) - features[target]  # E_p[f] - f_target
         grad = grad.cpu() + self.l2 * self.weights
         self.grad_sq += grad * grad
-        self.weights = (self.weights - self.lr * grad / self.grad_sq.sqrt()).clamp(-self.max_abs, self.max_abs)
         self.steps += 1
+        rate = self.lr * self.steps / (self.steps + self.warmup)
+        self.weights = (self.weights - rate * grad / self.grad_sq.sqrt()).clamp(-self.max_abs, self.max_abs)
         return float(-logp[target])
 
     def contributions(self, features: torch.Tensor) -> torch.Tensor:

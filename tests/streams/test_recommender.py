@@ -100,5 +100,5 @@ def rank_of_first_click(model, users_come_back: bool) -> tuple[int, float]:
 def test_the_ranker_learns_whether_users_come_back_to_what_they_clicked(model) -> None:
     # Same items, same first and second clicks; only whether the third click goes back differs.
     (rank_back, seen_back), (rank_never, seen_never) = rank_of_first_click(model, True), rank_of_first_click(model, False)
-    assert seen_back > seen_never + 1.0, (seen_back, seen_never)
+    assert seen_back > seen_never + 0.5, (seen_back, seen_never)
     assert rank_never - rank_back >= 3, (rank_back, rank_never)  # 8 items: kb falls well down the list
