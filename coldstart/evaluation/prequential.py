@@ -28,7 +28,7 @@ import time
 import urllib.parse
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +255,8 @@ def shared_broker_options() -> dict[str, Any]:
 async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence[Baseline], *,
                    bootstrap: str, worker_url: str, namespace: str = "", k: int = 10,
                    exclude_clicked: bool = False, progress: bool = False, exact_order: bool = False,
-                   client_options: Mapping[str, Any] | None = None, method: str = LIVE) -> TaskRun:
+                   client_options: Mapping[str, Any] | None = None, method: str = LIVE,
+                   before_click: Callable[[int], Awaitable[None]] | None = None) -> TaskRun:
     """Replay ``stream`` prequentially and rank every click with the worker and every baseline.
 
     ``client_options``: Kafka security keywords for the replay producer and the dead-letter reader
@@ -264,6 +265,9 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
     ``exact_order``: before each ranking, also wait until the worker has learned every earlier click
     (``clicks_learned`` on /health), so the live ranker and statistics see exactly what the in-process
     mode sees. Off by default: it costs one batch latency per click and is not measured on a full log yet.
+
+    ``before_click``: awaited with the number of clicks ranked so far before each ranking (the trainer-on
+    run waits there for the trainer's first round, see :meth:`LocalStack.wait_first_round`).
     """
     import aiohttp
     from aiokafka import AIOKafkaProducer
@@ -328,6 +332,8 @@ async def run_task(stream: Sequence[ReplayEvent], task: str, baselines: Sequence
                 if exact_order and clicks_sent and not await live.wait_clicks(want):
                     log.warning("the worker did not learn the earlier clicks within %.0f s (%s of %d)",
                                 live.timeout_s, ((await live.health()) or {}).get("clicks_learned"), want)
+                if before_click is not None:
+                    await before_click(run.clicks)
                 query = pending_query.get(user) if TASKS[task] else None
                 ranking, stale = await _rank_live(live, dead, user, applied, len(sent))
                 expected = len(applied[user])
@@ -540,6 +546,25 @@ class LocalStack(local.LocalStack):
     def url(self) -> str:
         return self.worker.url
 
+    def wait_first_round(self, timeout_s: float = 300.0) -> None:
+        """Until the trainer has finished its first round and, when it published, the worker serves that
+        version. Rounds otherwise race the replay: on a slow machine a short replay could end before the
+        first version arrives, and the trainer-on run would measure nothing but the base model."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            outcomes = {k.split('"')[1]: v for k, v in self.trainer.scrape().items()
+                        if k.startswith("coldstart_trainer_rounds_total{")}
+            if sum(outcomes.values()) >= 1:
+                if not outcomes.get("published"):
+                    return
+                try:
+                    if str(self.worker.get("/health").json().get("model_version", "")).startswith("v"):
+                        return
+                except Exception:  # noqa: BLE001 - 503 while the worker swaps: ask again
+                    pass
+            time.sleep(0.5)
+        log.warning("the trainer's first round did not reach the worker within %.0f s: the replay goes on", timeout_s)
+
     def trainer_rounds(self) -> dict[str, Any]:
         """What the trainer did: rounds and gate decisions by outcome (its /metrics) and every version it
         published with the gate's holdout scores (the registry's manifests)."""
@@ -676,9 +701,16 @@ def evaluate(cfg: EvalConfig) -> dict:
                                        client_options=options))
         if cfg.trainer:  # the same stream again, on a fresh stack with a trainer beside the worker
             with LocalStack(None, partitions=cfg.partitions, trainer=trainer_config) as stack:
+                first_round_at = 2 * trainer_config.round_min_samples  # samples of that many clicks have arrived
+
+                async def first_round(clicks: int, stack=stack, at=first_round_at) -> None:
+                    if clicks == at:
+                        await asyncio.to_thread(stack.wait_first_round)
+
                 on = asyncio.run(run_task(stream, task, [], bootstrap=stack.bootstrap, worker_url=stack.url,
                                           namespace=namespace, k=cfg.options.k, exclude_clicked=cfg.exclude_clicked,
-                                          exact_order=cfg.exact_order, method=LIVE_TRAINER))
+                                          exact_order=cfg.exact_order, method=LIVE_TRAINER,
+                                          before_click=first_round))
                 on.trainer = {**stack.trainer_rounds(), "config": dataclasses.asdict(trainer_config)}
             merge_trainer_run(run, on)
         runs.append(run)
