@@ -275,7 +275,11 @@ class Worker:
         if ranker.steps == self._ranker_saved_steps:
             return
         loop = asyncio.get_running_loop()
-        steps = await loop.run_in_executor(self.batch_executor, self._save_ranker_now)
+        try:
+            steps = await loop.run_in_executor(self.batch_executor, self._save_ranker_now)
+        except OSError as exc:  # a full or read-only disk costs the checkpoint, never the stream
+            log.warning("could not checkpoint the ranker to %s (retried at the next save): %s", self.ranker_path, exc)
+            return
         self._ranker_saved_steps = steps
 
     def _save_ranker_now(self) -> int:
