@@ -213,7 +213,10 @@ def show_user(base: str, user: str, when: str, token: str = "") -> dict:
     for column in ("item", "score", "text", "because"):
         table.add_column(column, justify="right" if column == "score" else "left")
     for item in body["items"]:
-        because = ", ".join(f"{b['kind']} {b['text'] or b['item_id']} ({b['share']:.0%})" for b in item["because"])
+        # An entry names an event's text or an item when it has one; "popular now", "new in the catalogue" do not.
+        because = ", ".join(
+            f"{b['kind']} {b['text'] or b['item_id']} ({b['share']:.0%})" if (b["text"] or b["item_id"])
+            else f"{b.get('reason') or b['kind']} ({b['share']:.0%})" for b in item["because"])
         table.add_row(item["item_id"], f"{item['score']:.3f}", item["text"][:50], because[:60])
     console.print(table)
     return body
