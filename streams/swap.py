@@ -156,15 +156,21 @@ class ModelSwapper:
         return True
 
     def _build(self, version: str, snapshot) -> ServingModel:
-        loaded = self.registry.load(version)  # verifies every sha256, raises ArtifactRefused
-        s = self.settings
-        # The version's own item vectors stand in for encoding the same texts again (one vector space).
-        shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
-        return ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
-                                 cache_size=s.embedding_cache_size, items=snapshot, shipped=shipped)
+        return build_version(self.registry, version, self.settings, snapshot)
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.last_refused = detail
         self.worker.metrics.swaps_refused.labels(reason).inc()
         log.error("refused model version (%s): %s; still serving %s", reason, detail,
                   self.worker.model.version)
+
+
+def build_version(registry, version: str, settings: Settings, snapshot) -> ServingModel:
+    """Load ``version`` from ``registry`` (every sha256 verified: raises ArtifactRefused) with the item
+    index ``snapshot`` built in its vector space; what a worker does off the event loop before a swap,
+    and what the in-process evaluation does between events."""
+    loaded = registry.load(version)
+    # The version's own item vectors stand in for encoding the same texts again (one vector space).
+    shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
+    return ServingModel.load(path=loaded.path, device=settings.device, version=loaded.version,
+                             cache_size=settings.embedding_cache_size, items=snapshot, shipped=shipped)

@@ -137,16 +137,12 @@ class InProcessPipeline:
         """Load ``version`` from the trainer's registry as a worker does (``ModelSwapper._build`` and
         ``apply`` in streams/swap.py) and switch the batch step and the recommender to it. Returns the
         seconds the load and switch took (the replay is paused meanwhile)."""
-        from coldstart.model.serving import ServingModel
+        from coldstart.streams.swap import build_version
 
         started = time.perf_counter()
-        s = self.settings
-        loaded = self.trainer.registry.load(version)  # verifies every sha256, raises ArtifactRefused
         snapshot = self.model.items.copy_metadata()
         revision = snapshot.revision
-        shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
-        model = ServingModel.load(path=loaded.path, device=s.device, version=loaded.version,
-                                  cache_size=s.embedding_cache_size, items=snapshot, shipped=shipped)
+        model = build_version(self.trainer.registry, version, self.settings, snapshot)
         model.items.adopt(self.model.items, revision)  # nothing changed meanwhile here: kept for fidelity
         model.items.refresh(model.encoder, model.cache)
         self.model = model
