@@ -41,6 +41,10 @@ class TrainerSettings:
     # weighted_loss with the rank_lfdr weights measured best (coldstart bench importance, both logs, 5 seeds,
     # 3 noise injections): under "importance" sampling the 1/(N p) correction undoes what a weight says.
     sampling: str = "weighted_loss"  # importance | weighted_loss | uniform (trainer/rounds.py)
+    # Extra rows for cold items (< 3 clicks): pseudo-queries from their titles and/or contexts borrowed
+    # from their nearest clicked items (model/augment.py). Off: coldstart bench augment (both logs, 3 seeds)
+    # did not reach 1.10x Recall@10 on cold-item clicks without a loss on all clicks.
+    augment: str = "off"  # off | pseudo | neighbours | both
     time_budget_s: float = 300.0
     holdout_fraction: float = 0.1
     max_holdout: int = 2_000
@@ -60,6 +64,9 @@ class TrainerSettings:
         if self.sampling not in SAMPLING_MODES:
             raise ConfigError(f"{self.PREFIX}SAMPLING={self.sampling!r} is not one of {', '.join(SAMPLING_MODES)} "
                               "(coldstart trainer --sampling)")
+        from coldstart.model.augment import check_mode
+
+        check_mode(self.augment, self.PREFIX + "AUGMENT")
         for name in ("round_min_samples", "min_train_samples", "steps", "batch_size", "max_holdout",
                      "keep_versions", "poll_max_records"):
             if getattr(self, name) < 1:

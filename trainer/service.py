@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -28,6 +29,7 @@ from coldstart.errors import BadEvent, KafkaUnavailable
 from coldstart.failpoints import crash_point
 from coldstart.kafka_security import aiokafka_options
 from coldstart.settings import Settings, TrainerSettings
+from coldstart.model.augment import augment_table
 from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
 from coldstart import contract
@@ -162,6 +164,10 @@ class Trainer:
             return RoundReport("skipped", f"{train.num_rows} training / {holdout.num_rows} holdout samples "
                                "are too few", n_train=train.num_rows, n_holdout=holdout.num_rows)
         self.rounds_run += 1
+        if cfg.augment != "off":  # rows for cold items, after the split: the gate's holdout stays real clicks
+            added = augment_table(train, cfg.augment, self.encoder.encode)
+            log.info("augmentation %s: %d rows added for cold items", cfg.augment, added.num_rows)
+            train = pa.concat_tables([train, added])
         result = fine_tune(self.encoder, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                            sampling=cfg.sampling, time_budget_s=cfg.time_budget_s,
                            seed=cfg.seed + self.rounds_run)
@@ -197,7 +203,7 @@ class Trainer:
                 metrics={"candidate_" + k: v for k, v in candidate.items()}
                 | {"serving_" + k: v for k, v in serving.items()}
                 | {"first_loss": result.first_loss, "last_loss": result.last_loss, "steps": result.steps,
-                   "n_train": train.num_rows, "sampling": cfg.sampling},
+                   "n_train": train.num_rows, "sampling": cfg.sampling, "augment": cfg.augment},
             )
             # Train the next round from what was published, loaded back through verification.
             self.encoder, _ = load_encoder(self.registry, version, device=str(self.encoder.device),
