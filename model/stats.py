@@ -30,10 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import OrderedDict
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
 
-__all__ = ["StreamStats"]
+import torch
+
+__all__ = ["RowStats", "StreamStats"]
+
+# Items whose popularity or first-seen time changed since a reader last looked (RowStats drains it);
+# past this many unread changes the oldest are dropped and the next read refills every row instead.
+CHANGE_LOG = 1_000_000
 
 
 class StreamStats:
@@ -59,6 +66,11 @@ class StreamStats:
         self._undo: OrderedDict[str, list[tuple[dict, str, float]]] = OrderedDict()
         self._seen_cap = seen_clicks
         self.clicks = 0
+        # For row-indexed readers (RowStats): which items' pop / first_seen changed, appended by the one
+        # writer after each change; popleft by the reader (both atomic on a deque).
+        self.changed: deque[str] = deque(maxlen=CHANGE_LOG)
+        self.changes_dropped = 0
+        self.rebases = 0
 
     # ------------------------------------------------------------------------------ updates
     def observe(self, event_id: str, user_id: str, item_id: str, ts: float, query: str | None = None) -> bool:
@@ -93,6 +105,7 @@ class StreamStats:
         elif (self.newest_ts - self.pop_origin) / self.half_life_s > 500:
             self._rebase()
         self._add(self.pop, item_id, growth((ts - self.pop_origin) / self.half_life_s), undo)
+        self._mark(item_id)
         self._undo[event_id] = undo
         while len(self._undo) > self._seen_cap:
             self._undo.popitem(last=False)
@@ -102,6 +115,7 @@ class StreamStats:
         """A catalog item's announcement time: newness counts from it when it precedes any click."""
         if ts is not None and (item_id not in self.first_seen or ts < self.first_seen[item_id]):
             self.first_seen[item_id] = ts
+            self._mark(item_id)
 
     @contextlib.contextmanager
     def excluding(self, event_id: str) -> Iterator[None]:
@@ -109,11 +123,15 @@ class StreamStats:
         undo = self._undo.get(event_id, [])
         for table, key, delta in undo:
             table[key] = table.get(key, 0.0) - delta
+            if table is self.pop:
+                self._mark(key)
         try:
             yield
         finally:
             for table, key, delta in undo:
                 table[key] = table.get(key, 0.0) + delta
+                if table is self.pop:
+                    self._mark(key)
 
     # ------------------------------------------------------------------------------ reads
     def popularity(self, item_id: str, now: float) -> float:
@@ -131,6 +149,11 @@ class StreamStats:
         return {k: v for k, v in snapshot(self.query_clicks.get(query, {})).items() if v > 0.0}
 
     # ------------------------------------------------------------------------------ internals
+    def _mark(self, item_id: str) -> None:
+        if len(self.changed) == CHANGE_LOG:
+            self.changes_dropped += 1
+        self.changed.append(item_id)
+
     def _row(self, table: dict[str, dict[str, float]], key: str) -> dict[str, float]:
         row = table.get(key)
         if row is None:
@@ -157,6 +180,125 @@ class StreamStats:
                 if table is self.pop:
                     undo[i] = (table, key, delta * shift)
         self.pop_origin = self.newest_ts
+        self.rebases += 1  # every raw count changed: row readers refill
+
+
+class RowStats:
+    """The popularity (raw decayed counts) and first-seen times of :class:`StreamStats` laid out by the
+    rows of an item index and kept current from the statistics' change log, so that a request reads two
+    tensors instead of looking up every item of the catalogue in two dicts (O(n) Python per request:
+    ~100 ms of a 100k-item request went there).
+
+    Requests (event loop) and the ranker's learning (writer thread) both read through one instance, under
+    its lock; the writer only changes the statistics and the index. It marks an item after changing it,
+    so a change missed by one read is in the log for the next. Rows the index gives to another item
+    (eviction at capacity, a swapped index) are found by comparing each row's item with the one it was
+    filled for, whenever the index's eviction count moves or the index object changes.
+
+    >>> s = StreamStats(popularity_half_life_s=10.0)
+    >>> _ = s.observe("e1", "u1", "b", 0.0); s.note_item("a", -10.0)
+    >>> class Index: ids, row, evictions, device = ["a", "b", "c"], {"a": 0, "b": 1, "c": 2}, {}, torch.device("cpu")
+    >>> pop, newness = RowStats(s, torch.device("cpu")).read(Index, 3, now=0.0)
+    >>> pop.tolist(), newness.tolist()
+    ([0.0, 1.0, 0.0], [0.5, 1.0, 0.0])
+    """
+
+    def __init__(self, stats: StreamStats, device: torch.device) -> None:
+        self.stats = stats
+        self.lock = threading.Lock()
+        self._reset(device)
+
+    def _reset(self, device: torch.device) -> None:
+        self.device = device
+        self.ids: list[str | None] = []  # the item each row was filled for
+        self.pop = torch.zeros(1024, dtype=torch.float64, device=device)
+        self.first = torch.full((1024,), math.nan, dtype=torch.float64, device=device)  # nan: never seen
+        self._index = None
+        self._evictions = -1
+        self._dropped = -1  # refill every row at the first read
+        self._rebases = self.stats.rebases
+        self._unsure = False
+
+    def read(self, index, n: int, now: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(popularity counts at event time now, newness at now)`` of rows ``< n``, float32 ``[n]``
+        each: the same values as looking every item up in the statistics' dicts."""
+        stats = self.stats
+        with self.lock:
+            self._sync(index, n)
+            if stats.pop_origin is None:
+                pop = torch.zeros(n, device=self.device)
+            else:
+                scale = growth((stats.pop_origin - now) / stats.half_life_s)
+                pop = (self.pop[:n] * scale).clamp_min(0.0).float()
+            first = self.first[:n]
+            newness = torch.pow(0.5, (now - first).clamp_min(0.0) / stats.half_life_s).masked_fill(first.isnan(), 0.0)
+        return pop, newness.float()
+
+    # ------------------------------------------------------------------------------ internals
+    def _sync(self, index, n: int) -> None:
+        stats, ids = self.stats, index.ids
+        if index.device != self.device or (self._index is not None and len(ids) < len(self.ids)):
+            self._reset(index.device)  # another device or a smaller catalogue: start afresh
+        evictions = sum(index.evictions.values())
+        full = stats.changes_dropped != self._dropped or stats.rebases != self._rebases
+        self._dropped, self._rebases = stats.changes_dropped, stats.rebases
+        stale: list[int] = []
+        if not full and (index is not self._index or evictions != self._evictions or self._unsure):
+            stale = self._moved(index, evictions != self._evictions or self._unsure)
+        self._index, self._evictions = index, evictions
+        changed, row, filled = stats.changed, index.row, len(self.ids)
+        while True:  # drain before reading the values: a change after this is logged for the next read
+            try:
+                item = changed.popleft()
+            except IndexError:
+                break
+            r = row.get(item)
+            if r is not None and r < filled:
+                stale.append(r)
+        if full:
+            stale = list(range(filled))
+        if n > filled:
+            while self.pop.shape[0] < n:
+                self._grow()
+            self.ids.extend(ids[filled:n])
+            stale.extend(range(filled, n))
+        if stale:
+            self._fill(ids, stale)
+
+    def _moved(self, index, check_rows: bool) -> list[int]:
+        """Rows whose item is not the one they were filled for. ``check_rows``: also rows whose item the
+        index no longer maps to them (the writer is between the two steps of giving the row away: the
+        row is refilled now and looked at again at the next read)."""
+        ids, row, m = index.ids, index.row, len(self.ids)
+        if not check_rows and ids[:m] == self.ids:
+            return []
+        out, unsure = [], False
+        for r, (mine, now) in enumerate(zip(self.ids, ids[:m])):
+            if mine != now:
+                out.append(r)
+            elif check_rows and row.get(now) != r:
+                out.append(r)
+                unsure = True
+        self._unsure = unsure
+        return out
+
+    def _fill(self, ids: Sequence[str], rows: list[int]) -> None:
+        pop, first_seen = self.stats.pop, self.stats.first_seen
+        items = [ids[r] for r in rows]
+        for r, item in zip(rows, items):
+            self.ids[r] = item
+        at = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.pop[at] = torch.tensor([pop.get(i, 0.0) for i in items], dtype=torch.float64, device=self.device)
+        self.first[at] = torch.tensor([first_seen.get(i, math.nan) for i in items], dtype=torch.float64,
+                                      device=self.device)
+
+    def _grow(self) -> None:
+        cap = self.pop.shape[0] * 2
+        pop = torch.zeros(cap, dtype=torch.float64, device=self.device)
+        first = torch.full((cap,), math.nan, dtype=torch.float64, device=self.device)
+        pop[: self.pop.shape[0]] = self.pop
+        first[: self.first.shape[0]] = self.first
+        self.pop, self.first = pop, first
 
 
 def log_norm(counts: dict[str, float]) -> dict[str, float]:

@@ -70,3 +70,79 @@ def test_a_jump_of_years_in_event_time_neither_fails_nor_keeps_stale_popularity(
     assert s.popularity("b", now + 1) > 1.9  # today's two clicks, barely decayed
     assert s.popularity("a", now + 1) < 1e-9  # 2011's clicks have decayed away, the late old one too
     assert math.isfinite(s.popularity("b", old))  # a read at an old time stays finite
+
+
+class _Index:
+    """The three things RowStats reads of an item index (model/items.py): ids by row, row by id, evictions."""
+
+    def __init__(self, ids):
+        import torch
+
+        self.ids, self.row = list(ids), {i: r for r, i in enumerate(ids)}
+        self.evictions, self.device = {}, torch.device("cpu")
+
+    def reuse(self, row: int, item: str) -> None:
+        self.evictions["untitled"] = self.evictions.get("untitled", 0) + 1
+        del self.row[self.ids[row]]
+        self.ids[row] = item
+        self.row[item] = row
+
+
+def _by_dicts(stats: StreamStats, index: _Index, now: float) -> tuple[list, list]:
+    pop = [stats.popularity(i, now) for i in index.ids]
+    new = [0.5 ** (max(now - stats.first_seen[i], 0.0) / stats.half_life_s) if i in stats.first_seen else 0.0
+           for i in index.ids]
+    return pop, new
+
+
+def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
+    import pytest
+    import torch
+
+    from coldstart.model.stats import RowStats
+
+    s = StreamStats(popularity_half_life_s=10.0)
+    index = _Index(["a", "b", "c"])
+    rows = RowStats(s, torch.device("cpu"))
+
+    def check(now: float) -> None:
+        pop, new = rows.read(index, len(index.ids), now)
+        want_pop, want_new = _by_dicts(s, index, now)
+        assert pop.tolist() == pytest.approx(want_pop, rel=1e-6) and new.tolist() == pytest.approx(want_new, rel=1e-6)
+
+    _feed(s, [("e1", "u1", "a", 0.0, None), ("e2", "u2", "a", 5.0, None), ("e3", "u1", "b", 6.0, None)])
+    check(6.0)
+    _feed(s, [("e4", "u3", "c", 7.0, None)])
+    s.note_item("b", -20.0)
+    check(7.0)
+    with s.excluding("e2"):  # the learned ranker reads a click's own count taken out
+        check(7.0)
+    check(7.0)
+    index.ids.append("d"); index.row["d"] = 3  # a new row, then a row given to another item
+    index.reuse(0, "z")
+    check(8.0)
+    _feed(s, [("e5", "u4", "z", 8.0, None)])
+    check(8.0)
+    _feed(s, [("e6", "u4", "d", 10.0 * 600, None)])  # far in event time: the counts are rebased
+    assert s.rebases == 1
+    check(10.0 * 600)
+    assert rows.read(index, 2, 8.0)[0].shape == (2,)  # a request's view of fewer rows reads only those
+
+
+def test_row_stats_notice_a_row_given_away_while_they_read():
+    """The writer gives a row away in two steps (row dict, then ids): a read in between is corrected at
+    the next read instead of keeping the old item's counts."""
+    import torch
+
+    from coldstart.model.stats import RowStats
+
+    s = StreamStats(popularity_half_life_s=10.0)
+    _feed(s, [("e1", "u1", "a", 0.0, None)])
+    index = _Index(["a", "b"])
+    rows = RowStats(s, torch.device("cpu"))
+    assert rows.read(index, 2, 0.0)[0].tolist() == [1.0, 0.0]
+    index.evictions["untitled"] = 1
+    del index.row["a"]  # half-way through giving row 0 to "n"
+    rows.read(index, 2, 0.0)
+    index.ids[0] = "n"; index.row["n"] = 0
+    assert rows.read(index, 2, 0.0)[0].tolist() == [0.0, 0.0]

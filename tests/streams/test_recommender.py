@@ -102,3 +102,80 @@ def test_the_ranker_learns_whether_users_come_back_to_what_they_clicked(model) -
     (rank_back, seen_back), (rank_never, seen_never) = rank_of_first_click(model, True), rank_of_first_click(model, False)
     assert seen_back > seen_never + 0.5, (seen_back, seen_never)
     assert rank_never - rank_back >= 3, (rank_back, rank_never)  # 8 items: kb falls well down the list
+
+
+def reference_features(recommender: Recommender, state) -> torch.Tensor:
+    """The read path as it was before issue 11 (one product per query vector, popularity and first-seen
+    looked up item by item in the statistics' dicts): what the faster path must equal."""
+    import torch.nn.functional as F
+
+    from coldstart.model.profile import popularity_blend, profile_vectors
+    from coldstart.model.ranker import feature_matrix
+    from coldstart.model.retrieval import popularity_scores
+    from coldstart.model.stats import growth, log_norm
+    from coldstart.streams.processor import event_vectors
+
+    model, stats = recommender.model, recommender.stats
+    vecs_all, valid = model.items.matrix()
+    n, row = vecs_all.shape[0], model.items.row
+
+    def dense(values):
+        out = torch.zeros(n)
+        for k, v in values.items():
+            if k in row and row[k] < n:
+                out[row[k]] = v
+        return out
+
+    sig, events = {}, state.events
+    vecs, weights, owner, _ = event_vectors(model, [state], recommender.settings.half_life_s)
+    same_space = state.vector is not None and state.version == model.version
+    profile = torch.from_numpy(state.vector)[None] if same_space else profile_vectors(vecs, weights, owner, 1)
+    sig["profile_cos"] = (profile @ vecs_all.T)[0]
+    sig["max_cos"] = (vecs[-5:] @ vecs_all.T).max(dim=0).values
+    last = events[-1]
+    last_vec = vecs_all[row[last.item_id]] if last.item_id else model.cache.encode(model.encoder, [last.text])[0]
+    sig["last_cos"] = vecs_all @ last_vec
+    if last.kind == "search":
+        sig["query_cos"] = vecs_all @ model.cache.encode(model.encoder, [last.text])[0]
+        sig["query_memory"] = dense(log_norm(stats.query_items(last.text)))
+    clicked = state.clicked_items()
+    if clicked:
+        following = log_norm(stats.neighbours(stats.transitions, clicked[-1]))
+        sig["transition"] = dense(following)
+        if following:
+            centroid = sum(v * vecs_all[row[k]] for k, v in following.items())
+            sig["transition_cos"] = vecs_all @ F.normalize(centroid, dim=0)
+        sig["seen"] = dense(dict.fromkeys(clicked, 1.0))
+        co = {}
+        for item in clicked[-stats.coclick_window:]:
+            for k, v in log_norm(stats.neighbours(stats.coclicks, item)).items():
+                co[k] = co.get(k, 0.0) + v
+        sig["coclick"] = dense(co) / min(len(clicked), stats.coclick_window)
+    now = max(e.ts for e in events)
+    scale = growth((stats.pop_origin - now) / stats.half_life_s)
+    sig["popularity"] = popularity_scores(dense({k: max(v * scale, 0.0) for k, v in stats.pop.items()}))
+    half_life = stats.half_life_s
+    sig["newness"] = dense({k: 0.5 ** (max(now - t, 0.0) / half_life) for k, t in stats.first_seen.items()})
+    a = float(popularity_blend(torch.tensor([float(state.n_events)]))[0])
+    return feature_matrix(sig, state.n_events, a)
+
+
+def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
+    """Issue 11's faster read path (row-indexed statistics, one product for every query vector) ranks
+    exactly as the reference, through clicks, searches, a redelivery and clicks being learned."""
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    items = list(TITLES)
+    for u in range(12):
+        events = [click(f"s{u}", items[(u + j * 3) % len(items)], TS + 50 * u + j) for j in range(3)]
+        if u % 3 == 0:
+            events.append(SearchEvent(f"q{next(_ids)}", f"s{u}", TS + 50 * u + 5, "gaming keyboard", None))
+        apply(processor, recommender, profiles, events + events[:1])
+        recommender.stats.note_item(items[u % len(items)], TS - 86_400.0 * u)
+        state = profiles[f"s{u}"]
+        expected = reference_features(recommender, state)
+        got = recommender.signals(state).features
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max(dim=0)
+        scores = recommender.ranker.score(expected)
+        ranked = [r.item_id for r in recommender.recommend(state, k=10, exclude_clicked=False)]
+        assert ranked == [model.items.ids[i] for i in scores.argsort(descending=True).tolist()]
