@@ -108,7 +108,7 @@ class BatchProcessor:
             state = touched.get(ev.user_id) or profiles.get(ev.user_id) or ProfileState(ev.user_id)
             touched[ev.user_id] = state
             prior = state.n_events
-            history = " ; ".join(e.text or "" for e in state.events[-3:] if e.text)
+            history = history_context(state.events, model.items)
             if i < len(fresh):
                 state.add(
                     RecentEvent(ev.event_id, ev.kind, ev.ts, text=ev.query,
@@ -202,6 +202,33 @@ class BatchProcessor:
         """issue 10: weights of ``COLDSTART_IMPORTANCE_ESTIMATOR`` (the function the benchmark measures)."""
         return click_weights(self.settings.importance_estimator, loss, prior, n_items, context=ctx,
                              item_vecs=item_vecs, target=target, lines=self.noise_lines)
+
+
+HISTORY_EVENTS = 3  # events in a click's training context (the importance benchmark's protocol too)
+
+
+def history_context(events: Sequence[RecentEvent], items, n: int = HISTORY_EVENTS) -> str:
+    """A click's training context when no query came with it: the texts of the user's ``n`` newest
+    events, newest first, joined by " ; " -- a search's query, a click's item text (its title, else the
+    queries that led to it). A click carries no text of its own, so before this a user who only clicked
+    (a log without searches) gave the trainer empty contexts.
+
+    >>> from coldstart.model.items import ItemIndex
+    >>> index = ItemIndex(4, "cpu"); _ = index.upsert("sku1", "red stapler")
+    >>> events = [RecentEvent("e1", "search", 1.0, text="stapler"), RecentEvent("e2", "click", 2.0, item_id="sku1"),
+    ...           RecentEvent("e3", "click", 3.0, item_id="unknown")]
+    >>> history_context(events, index)
+    'red stapler ; stapler'
+    """
+    texts = []
+    for ev in reversed(events):
+        if ev.text:
+            texts.append(ev.text)
+        elif ev.item_id is not None and (row := items.row.get(ev.item_id)) is not None and items.text(row):
+            texts.append(items.text(row))
+        if len(texts) == n:
+            break
+    return " ; ".join(texts)
 
 
 def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life_s: float):

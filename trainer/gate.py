@@ -54,6 +54,19 @@ def split_holdout(samples: pa.Table, fraction: float, min_holdout: int = 1) -> t
     return ordered.slice(0, n - n_hold), ordered.slice(n - n_hold)
 
 
+def with_context(samples: pa.Table) -> pa.Table:
+    """The samples that have a context: a user's first click with no query before it has none (the
+    worker still sends it, its weight and loss are counted), and an empty string is no training input
+    nor a fair holdout row -- every model ranks the same items for it.
+
+    >>> with_context(pa.table({"context": ["halo", "", "  ", "red stapler"]})).column("context").to_pylist()
+    ['halo', 'red stapler']
+    """
+    if samples.num_rows == 0:
+        return samples
+    return samples.filter(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(samples.column("context"))), 0))
+
+
 def catalog_from(samples: pa.Table) -> dict[str, str]:
     """item_id -> item_text (the latest text seen per item) from a sample table."""
     ordered = samples.take(pc.sort_indices(samples, [("ts", "ascending")]))

@@ -35,7 +35,7 @@ from coldstart.model.registry import Registry
 from coldstart import contract
 from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_uri
 from coldstart.trainer.buffer import SampleBuffer
-from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout
+from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout, with_context
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
 from coldstart.trainer.rounds import RoundResult, encode_texts, fine_tune
 
@@ -155,7 +155,7 @@ class Trainer:
         cfg = self.config
         self.new_since_round = 0
         self.last_round_ts = time.time()
-        table = self.buffer.read()
+        table = with_context(self.buffer.read())  # a click nothing came before teaches nothing
         train, holdout = split_holdout(table, cfg.holdout_fraction) if table.num_rows else (table, table)
         if holdout.num_rows > cfg.max_holdout:
             holdout = holdout.slice(holdout.num_rows - cfg.max_holdout)

@@ -80,6 +80,16 @@ def test_a_click_yields_one_sample_with_the_items_text_and_a_bounded_weight(proc
     assert 0.1 <= sample.weight <= 4.0 and np.isfinite(sample.loss) and sample.prior_events == 0
 
 
+def test_a_click_without_a_query_learns_from_what_the_user_did_before(processor) -> None:
+    # A log of clicks only (Amazon): the context is the titles of the user's earlier clicks and
+    # searches, newest first -- never the empty string, which taught the trainer nothing but noise.
+    first = processor.process([click("u9", "hp"), search("u9", "frying pan", ts=TS + 1)], {})
+    out = processor.process([click("u9", "st", ts=TS + 2)], first.profiles)
+    (sample,) = out.samples
+    assert sample.context == "frying pan ; Wireless noise cancelling headphones"
+    assert first.samples[0].context == ""  # nothing before the very first click
+
+
 def test_click_weights_follow_the_configured_estimator(model) -> None:
     """COLDSTART_IMPORTANCE_ESTIMATOR picks the worker's weights: ``uniform`` gives every fresh user's
     click the same weight, ``loss`` weighs a surprising click above an expected one."""
