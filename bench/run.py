@@ -53,13 +53,18 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         results["importance"] = bench_importance(settings, out_dir=out.parent)
         print_table(results["importance"])  # its own columns (issue 10)
         console.print(f"learning curves written to {out.parent / 'importance_curves.png'}")
+    if which in ("augment",):
+        from coldstart.bench.augment import bench_augment, print_table as print_augment
+
+        results["augment"] = bench_augment(settings)
+        print_augment(results["augment"])  # its own columns (issue 10, item 3)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     table = Table(title="coldstart benchmarks")
     for col in ("benchmark", "figure", "value", "baseline", "ratio", "target"):
         table.add_column(col)
     for name, rows in results.items():
-        if name in ("machine", "importance"):
+        if name in ("machine", "importance", "augment"):
             continue
         for row in rows["rows"]:
             table.add_row(name, *[str(v) for v in row])

@@ -109,6 +109,8 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
             steps: Optional[int] = typer.Option(None, help="optimizer steps per round [COLDSTART_TRAINER_STEPS, 200]"),
             sampling: Optional[str] = typer.Option(
                 None, help="importance | weighted_loss | uniform [COLDSTART_TRAINER_SAMPLING, weighted_loss]"),
+            augment: Optional[str] = typer.Option(
+                None, help="cold-item rows: off | pseudo | neighbours | both [COLDSTART_TRAINER_AUGMENT, off]"),
             time_budget_s: Optional[float] = typer.Option(
                 None, help="wall-clock bound of one round [COLDSTART_TRAINER_TIME_BUDGET_S, 300]"),
             gate_tolerance: Optional[float] = typer.Option(
@@ -121,7 +123,8 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
 
     s = _settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri, buffer_dir=buffer_dir,
                   device=device, trainer=dict(round_every_s=round_every_s, round_min_samples=round_min_samples,
-                                              steps=steps, sampling=sampling, time_budget_s=time_budget_s,
+                                              steps=steps, sampling=sampling, augment=augment,
+                                              time_budget_s=time_budget_s,
                                               tolerance=gate_tolerance))
     ensure_topics(s)
     console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
@@ -239,14 +242,14 @@ _mount_eval()
 
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
-def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | overload"),
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload"),
           bootstrap_servers: Optional[str] = Bootstrap,
           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here"),
           limit: Optional[int] = typer.Option(None, help="stream: replay only the first N log records"),
           minutes: float = typer.Option(10.0, help="overload: minutes at 3x the worker's capacity")) -> None:
     """Benchmarks that print figures with ratios against a baseline measured in the same run
-    (`importance` is long: fine-tuning runs on both real logs)."""
+    (`importance` and `augment` are long: fine-tuning runs on both real logs)."""
     from coldstart.bench.run import run_benchmarks
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
