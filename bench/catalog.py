@@ -6,8 +6,10 @@ is what the recommendations view does for one user: blend cosine and popularity 
 catalogue, mask invalid rows, take the top 10. Reported: resident memory per item (measured as the
 process's RSS growth), top-10 latency p50/p99 over single requests, and whether fp16 storage of the
 vectors would keep the ranking (top-10 overlap with fp32, and score error) — it is only worth adopting
-if it does. Beside the blend, the learned ranker's whole read path (``ranker_request_times``: every
-signal of every item, statistics from 50,000 clicks) at the same size, which is what a request costs.
+if it does (and bf16, the CPU's fast half-precision path). Beside the blend, in the same run, the
+learned ranker's whole read path (``ranker_request_times``: every signal of every item, statistics from
+50,000 clicks) at the same size, which is what a request costs, the cost of one ``learn_clicks`` call
+(what every ingested click costs the writer thread) and the process's RSS.
 """
 
 from __future__ import annotations
@@ -48,7 +50,22 @@ def top10(profile: torch.Tensor, vecs: torch.Tensor, valid: torch.Tensor, pop: t
 
 
 def bench_catalog(sizes=(100_000, 1_000_000), requests: int = 300, device: str = "cpu") -> dict:
-    dev = torch.device(device)
+    from coldstart.settings import Settings
+
+    # As many torch threads as a worker uses (COLDSTART_TORCH_THREADS, 1 by default: on shared cores a
+    # second OpenMP thread waits on a descheduled peer, and the ranker's many small ops took 40 ms at
+    # 20k items with 2 threads, 7 ms with 1), for the blend and the ranker alike.
+    threads = torch.get_num_threads()
+    wanted = Settings().torch_threads
+    if wanted > 0:
+        torch.set_num_threads(wanted)
+    try:
+        return _bench_catalog(sizes, requests, torch.device(device))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
     rows, out = [], {}
     for n in sizes:
         gc.collect()
@@ -84,29 +101,56 @@ def bench_catalog(sizes=(100_000, 1_000_000), requests: int = 300, device: str =
             max_err = max(max_err, float((v32 - v16).abs().max()))
         half_times.sort()
         mean_overlap = sum(overlap) / len(overlap)
+        # bf16 (the CPU's AVX512-BF16 path): as fast as fp32 reads are slow, but 8 bits of mantissa.
+        bf16 = vecs.bfloat16()
+        bf16_overlaps, bf16_err, bf16_times = [], 0.0, []
+        for u in range(min(requests, 100)):
+            v32, i32 = top10(profiles[u:u + 1], vecs, valid, pop)
+            t = time.perf_counter()
+            vb, ib = top10(profiles[u:u + 1], bf16, valid, pop)
+            bf16_times.append(time.perf_counter() - t)
+            bf16_overlaps.append(len(set(i32[0].tolist()) & set(ib[0].tolist())) / 10)
+            bf16_err = max(bf16_err, float((v32 - vb).abs().max()))
+        bf16_overlap, bf16_p50 = sum(bf16_overlaps) / len(bf16_overlaps), _pct(bf16_times, 0.5)
+        del bf16
         out[n] = {"items": n, "build_s": build_s, "rss_bytes_per_item": per_item,
                   "vector_bytes_per_item_fp32": DIM * 4, "top10_p50_s": p50, "top10_p99_s": p99,
                   "fp16_top10_overlap": mean_overlap, "fp16_max_score_error": max_err,
                   "fp16_top10_p50_s": half_times[len(half_times) // 2]}
-        ranker_p50, ranker_p99 = ranker_request_times(index, min(requests, 100), dev)
-        out[n].update({"ranker_top10_p50_s": ranker_p50, "ranker_top10_p99_s": ranker_p99})
+        ranker = ranker_request_times(index, min(requests, 100), dev)
+        out[n].update({"ranker_top10_p50_s": ranker["p50_s"], "ranker_top10_p99_s": ranker["p99_s"],
+                       "ranker_top10_cpu_p50_s": ranker["cpu_p50_s"],
+                       "learn_click_p50_s": ranker["learn_click_p50_s"], "rss_bytes": ranker["rss_bytes"],
+                       "bf16_top10_overlap": bf16_overlap, "bf16_max_score_error": bf16_err,
+                       "bf16_top10_p50_s": bf16_p50})
         rows += [(f"top-10 p50 / p99 at {n:,} items ({dev.type})", f"{p50 * 1e3:.1f} / {p99 * 1e3:.1f} ms", "-", "-",
                   "p99 <= 50 ms on CPU at 1M"),
                  (f"learned ranker's top-10 p50 / p99 at {n:,} items ({dev.type})",
-                  f"{ranker_p50 * 1e3:.1f} / {ranker_p99 * 1e3:.1f} ms", f"{p50 * 1e3:.1f} ms blend p50",
-                  f"{ranker_p50 / p50:.1f}", "p99 <= 50 ms on CPU at 1M"),
+                  f"{ranker['p50_s'] * 1e3:.1f} / {ranker['p99_s'] * 1e3:.1f} ms",
+                  f"{p50 * 1e3:.1f} / {p99 * 1e3:.1f} ms blend", f"{ranker['p50_s'] / p50:.1f}",
+                  "p99 <= 50 ms on CPU at 1M"),
+                 (f"one learn_clicks call (one click) at {n:,} items", f"{ranker['learn_click_p50_s'] * 1e3:.1f} ms",
+                  f"{ranker['p50_s'] * 1e3:.1f} ms a request", f"{ranker['learn_click_p50_s'] / ranker['p50_s']:.1f}",
+                  "-"),
                  (f"memory per item at {n:,} items", f"{per_item:,.0f} B RSS", f"{DIM * 4} B fp32 vector",
                   f"{per_item / (DIM * 4):.2f}", "-"),
+                 (f"process RSS at {n:,} items (index + statistics + ranker)", f"{ranker['rss_bytes'] / 2**20:,.0f} MiB",
+                  "-", "-", "-"),
                  (f"fp16 vectors at {n:,} items: top-10 overlap / max score error",
-                  f"{mean_overlap:.3f} / {max_err:.1e}", "fp32 ranking", "-", "overlap 1.0 to adopt")]
+                  f"{mean_overlap:.3f} / {max_err:.1e}", "fp32 ranking", "-", "overlap 1.0 to adopt"),
+                 (f"bf16 vectors at {n:,} items: top-10 overlap / max score error / p50",
+                  f"{bf16_overlap:.3f} / {bf16_err:.1e} / {bf16_p50 * 1e3:.1f} ms", f"fp32 ranking, {p50 * 1e3:.1f} ms",
+                  "-", "overlap 1.0 to adopt")]
         del index, vecs, valid, pop, half
-    return {"sizes": out, "rows": rows}
+    return {"sizes": out, "rows": rows, "torch_threads": torch.get_num_threads()}
 
 
-def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> tuple[float, float]:
-    """p50 / p99 of what ``GET /users/{id}/recommendations`` computes: the learned ranker over all 15
-    signals of every item, for users with 3 clicks on items with stream statistics (transitions,
-    co-clicks, popularity for 50,000 clicks), top 10 with an explanation."""
+def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> dict:
+    """What ``GET /users/{id}/recommendations`` computes: the learned ranker over all 15 signals of every
+    item, for users with 3 clicks on items with stream statistics (transitions, co-clicks, popularity
+    for 50,000 clicks), top 10 with an explanation: p50 / p99 wall time, p50 of this thread's CPU time
+    (less sensitive to other jobs on the cores) and the median cost of one ``learn_clicks`` call of one
+    click (the same signals plus one learning step, on the writer thread for every click ingested)."""
     import random
 
     from coldstart.contract import ClickEvent
@@ -130,16 +174,28 @@ def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> 
     for u in range(requests):
         events = [ClickEvent(f"r{u}-{j}", f"ru{u}", 1_700_100_000.0 + j, rng.choice(hot)) for j in range(3)]
         states.append(processor.process(events, {}).profiles[f"ru{u}"])
-    recommender.recommend(states[0], k=10)  # warm-up
-    times = []
+    recommender.recommend(states[0], k=10)  # warm-up (the first read fills the row statistics)
+    times, cpu = [], []
     for state in states:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         recommender.recommend(state, k=10)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2], times[int(0.99 * (len(times) - 1))]
+        cpu.append(time.thread_time() - c)
+    learn = []
+    for u, state in enumerate(states[: min(len(states), 30)]):
+        click = ClickEvent(f"l{u}", state.user_id, 1_700_100_010.0, rng.choice(hot))
+        t = time.perf_counter()
+        recommender.learn_clicks([click], {state.user_id: state})
+        learn.append(time.perf_counter() - t)
+    return {"p50_s": _pct(times, 0.5), "p99_s": _pct(times, 0.99), "cpu_p50_s": _pct(cpu, 0.5),
+            "learn_click_p50_s": _pct(learn, 0.5), "rss_bytes": rss_bytes_self()}
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[len(values) // 2] if q == 0.5 else values[int(q * (len(values) - 1))]
 
 
 def rss_bytes_self() -> int:
