@@ -14,7 +14,7 @@ from coldstart.settings import EvaluationSettings
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-LIMIT = 360  # searches + clicks of the simulator (~220 clicks)
+LIMIT = 480  # searches + clicks of the simulator (~290 clicks)
 ROUND = 80  # samples per round: two or three rounds in the stream
 
 
@@ -22,8 +22,12 @@ ROUND = 80  # samples per round: two or three rounds in the stream
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval-trainer")
     options = EvaluationSettings(n_boot=50, trainer_round_samples=ROUND, trainer_steps=3)
-    evaluate(EvalConfig(dataset="simulator", out=out, limit=LIMIT, tasks=("profile_only",), zero_shot=False,
-                        in_process=True, trainer=True, options=options))
+    # The swap is under test here, not the gate: 3 steps on a hundred simulated samples win or lose against
+    # the base model by chance on a dozen holdout rows, so every candidate ships (as in the live test).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLDSTART_TRAINER_TOLERANCE", "1.0")
+        evaluate(EvalConfig(dataset="simulator", out=out, limit=LIMIT, tasks=("profile_only",), zero_shot=False,
+                            in_process=True, trainer=True, options=options))
     return out
 
 
