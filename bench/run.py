@@ -8,6 +8,8 @@
   aiokafka consumer that only decodes the same messages (cold and warm embedding cache);
   event->profile latency at a fixed 500 and 1,000 events/s, split into waiting and processing;
   recommendation latency at 200 requests/s while the worker ingests 500 events/s; worker RSS.
+- ``serve``: recommendation requests at a fixed rate (open loop, latency from the scheduled time) while
+  the worker ingests a steady event rate, beside the same requests to the idle worker (``bench/serve.py``).
 - ``catalog``: the item index, scoring and top-10 at 100k and 1M synthetic items (``bench/catalog.py``).
 """
 
@@ -30,7 +32,7 @@ console = Console()
 
 
 def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None = None,
-                   minutes: float = 10.0) -> dict:
+                   minutes: float = 10.0, serve: dict | None = None) -> dict:
     results: dict = {"machine": machine()}
     if which in ("encode", "all"):
         results["encode"] = bench_encode(settings)
@@ -42,6 +44,10 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.catalog import bench_catalog
 
         results["catalog"] = bench_catalog()
+    if which in ("serve",):  # issue 11: requests while ingesting vs idle (bench/serve.py); not in "all"
+        from coldstart.bench.serve import bench_serve
+
+        results["serve"] = bench_serve(settings, **(serve or {}))
     if which in ("overload",):  # issue 8: long (minutes of overload, then the drain); not in "all"
         from coldstart.bench.overload import bench_overload
 

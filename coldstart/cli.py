@@ -242,18 +242,22 @@ _mount_eval()
 
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
-def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload"),
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload | serve"),
           bootstrap_servers: Optional[str] = Bootstrap,
           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here"),
           limit: Optional[int] = typer.Option(None, help="stream: replay only the first N log records"),
-          minutes: float = typer.Option(10.0, help="overload: minutes at 3x the worker's capacity")) -> None:
+          minutes: float = typer.Option(10.0, help="overload: minutes at 3x the worker's capacity"),
+          rate: float = typer.Option(200.0, help="serve: recommendation requests/s"),
+          seconds: float = typer.Option(30.0, help="serve: seconds per phase (idle, then ingesting)"),
+          ingest_rate: float = typer.Option(500.0, help="serve: events/s produced while requesting")) -> None:
     """Benchmarks that print figures with ratios against a baseline measured in the same run
     (`importance` and `augment` are long: fine-tuning runs on both real logs)."""
     from coldstart.bench.run import run_benchmarks
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
-    run_benchmarks(s, which, out, limit, minutes)
+    run_benchmarks(s, which, out, limit, minutes,
+                   serve={"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate})
 
 
 def main() -> None:

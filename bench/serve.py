@@ -1,0 +1,123 @@
+"""``coldstart bench serve``: GET /users/{id}/recommendations at a fixed request rate while one worker
+ingests a steady event rate, beside the same request rate against the same worker idle (issue 11).
+
+One local broker and one worker. The first ``ingest_rate * seconds`` Best Buy events are replayed and
+consumed first, so the requests go to users the replay has already produced (real profiles) and every
+text of the steady phase is in the embedding cache, as in steady state (the stream benchmark's warm
+pass). Then, with the same user ids (shuffled once, round-robin) and the open-loop generator of
+``bench/load.py``:
+
+1. idle: ``rate`` requests/s for ``seconds``, no events (the baseline);
+2. ingest: the same requests while the log's same events under new users (``renamed``) are produced at
+   ``ingest_rate``/s, paced as the stream benchmark's steady phase (``produce(rate=...)``); the worker's
+   own histograms give event->profile latency over that phase.
+
+Latency is reported from each request's scheduled time (the figure against the target) and from its
+send time; the worker's own ``recommendation_seconds`` histogram says how much of it is the view itself.
+The producer runs in a thread of this process (its own event loop), so it does not share the generator's
+loop; the client, the producer, the worker and the broker share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from urllib.parse import quote
+
+from coldstart.bench.events import bestbuy_events, renamed
+from coldstart.bench.load import LoadResult, open_loop
+from coldstart.settings import Settings
+
+TARGET_P99_MS = 20.0
+
+
+def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
+                warmup_s: float = 2.0) -> dict:
+    from coldstart.bench.stack import counter_sum, histogram_quantiles, merged_scrape, wait_total
+    from coldstart.local import LocalStack
+    from coldstart.replay.producer import produce
+
+    n_ingest = max(1, round(ingest_rate * seconds))
+    seed = [e for e in bestbuy_events(settings, n_ingest) if e.type != "item"]
+    users = sorted({e.value["user_id"] for e in seed})
+    random.Random(0).shuffle(users)
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else None
+
+    def strategy(resp) -> str:
+        return resp.json().get("strategy", "?")
+
+    with LocalStack(settings) as stack:
+        asyncio.run(produce(seed, stack.bootstrap, progress=False))
+        worker = stack.start_worker()
+        wait_total([worker], "coldstart_events_in_total", len(seed), timeout=1800)
+        stack.wait_ready()
+        urls = [f"{worker.url}/users/{quote(u, safe='')}/recommendations?k=10" for u in users]
+
+        def load(secs: float) -> LoadResult:
+            return asyncio.run(open_loop(urls, rate, secs, headers=headers, classify=strategy))
+
+        load(warmup_s)  # connections, the view's first calls: not counted
+
+        before = merged_scrape([worker])
+        idle = load(seconds)
+        mid = merged_scrape([worker])
+
+        steady = [renamed(e, "~serve") for e in seed]
+        base_count = counter_sum(mid, "coldstart_events_in_total")
+        produced: dict = {}
+
+        def ingest() -> None:
+            try:
+                produced["summary"] = asyncio.run(produce(steady, stack.bootstrap, rate=ingest_rate, progress=False))
+            except BaseException as exc:  # reported below, not lost in the thread
+                produced["error"] = exc
+
+        producer = threading.Thread(target=ingest, name="bench-serve-ingest")
+        producer.start()
+        busy = load(seconds)
+        producer.join()
+        if "error" in produced:
+            raise produced["error"]
+        t_sent = time.perf_counter()
+        _, (t_done, _) = wait_total([worker], "coldstart_events_in_total", base_count + len(steady), timeout=1800)
+        time.sleep(0.5)  # the last batch's histogram observations follow its counter
+        after = merged_scrape([worker])
+
+    view_idle = histogram_quantiles(before, mid, "coldstart_recommendation_seconds")
+    view_busy = histogram_quantiles(mid, after, "coldstart_recommendation_seconds")
+    profile = histogram_quantiles(mid, after, "coldstart_event_to_profile_seconds")
+    summary = produced["summary"]
+    achieved_ingest = len(steady) / max(summary.seconds, 1e-9)
+    i, b = idle.summary(), busy.summary()
+    met = b["p99_ms"] <= TARGET_P99_MS and b["errors"] == 0
+
+    def lat(s: dict, prefix: str = "") -> str:
+        return " / ".join(f"{s[f'{prefix}{q}_ms']:,.1f}" for q in ("p50", "p90", "p99", "max")) + " ms"
+
+    rows = [
+        (f"GET recommendations p50 / p90 / p99 / max at {rate:.0f}/s while ingesting {ingest_rate:.0f}/s "
+         "(from the scheduled time)", lat(b), f"idle worker {lat(i)}", f"{b['p99_ms'] / i['p99_ms']:.2f}",
+         f"p99 <= {TARGET_P99_MS:.0f} ms: {'met' if met else 'not met'}"),
+        ("  same, from the send time", lat(b, "service_"), f"idle {lat(i, 'service_')}", "-", "-"),
+        ("  the worker's view itself p50 / p99", f"{view_busy[0] * 1e3:,.1f} / {view_busy[1] * 1e3:,.1f} ms",
+         f"idle {view_idle[0] * 1e3:,.1f} / {view_idle[1] * 1e3:,.1f} ms", "-", "-"),
+        ("  requests sent / errors (ingest; idle)", f"{busy.sent:,} / {busy.errors}",
+         f"{idle.sent:,} / {idle.errors}", "-", "0 errors"),
+        ("  strategy of the 200s (ingest)", ", ".join(f"{k} {v:,}" for k, v in sorted(busy.classes.items())),
+         ", ".join(f"{k} {v:,}" for k, v in sorted(idle.classes.items())), "-", "-"),
+        ("  generator's worst dispatch lag (ingest; idle)", f"{b['dispatch_lag_max_ms']:,.1f} ms",
+         f"{i['dispatch_lag_max_ms']:,.1f} ms", "-", "-"),
+        (f"  event->profile p50 / p99 in that phase ({achieved_ingest:,.0f} events/s produced)",
+         f"{profile[0] * 1e3:,.0f} / {profile[1] * 1e3:,.0f} ms",
+         f"last event consumed {t_done - t_sent:,.1f} s after the last send", "-", "p99 <= 100 ms"),
+    ]
+    for row in rows:  # one line each: the shared table wraps these long labels at 80 columns
+        print(f"{row[0].strip()}: {row[1]}  [baseline: {row[2]}; ratio {row[3]}; target {row[4]}]")
+    return {"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate, "achieved_ingest_rate": achieved_ingest,
+            "users": len(users), "seed_events": len(seed), "target_met": met,
+            "ingest": {**b, "statuses": busy.statuses, "classes": busy.classes},
+            "idle": {**i, "statuses": idle.statuses, "classes": idle.classes},
+            "view_p50_p99_s": {"ingest": view_busy, "idle": view_idle},
+            "event_to_profile_p50_p99_s": profile, "drain_after_last_send_s": t_done - t_sent, "rows": rows}
