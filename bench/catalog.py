@@ -90,33 +90,14 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
         times.sort()
         p50, p99 = times[len(times) // 2], times[int(0.99 * (len(times) - 1))]
         # fp16 storage: half the bytes of the vectors; adopt only if the top 10 stays the top 10.
-        half = vecs.half()
-        overlap, max_err, half_times = [], 0.0, []
-        for u in range(min(requests, 100)):
-            v32, i32 = top10(profiles[u:u + 1], vecs, valid, pop)
-            t = time.perf_counter()
-            v16, i16 = top10(profiles[u:u + 1], half, valid, pop)
-            half_times.append(time.perf_counter() - t)
-            overlap.append(len(set(i32[0].tolist()) & set(i16[0].tolist())) / 10)
-            max_err = max(max_err, float((v32 - v16).abs().max()))
-        half_times.sort()
-        mean_overlap = sum(overlap) / len(overlap)
         # bf16 (the CPU's AVX512-BF16 path): as fast as fp32 reads are slow, but 8 bits of mantissa.
-        bf16 = vecs.bfloat16()
-        bf16_overlaps, bf16_err, bf16_times = [], 0.0, []
-        for u in range(min(requests, 100)):
-            v32, i32 = top10(profiles[u:u + 1], vecs, valid, pop)
-            t = time.perf_counter()
-            vb, ib = top10(profiles[u:u + 1], bf16, valid, pop)
-            bf16_times.append(time.perf_counter() - t)
-            bf16_overlaps.append(len(set(i32[0].tolist()) & set(ib[0].tolist())) / 10)
-            bf16_err = max(bf16_err, float((v32 - vb).abs().max()))
-        bf16_overlap, bf16_p50 = sum(bf16_overlaps) / len(bf16_overlaps), _pct(bf16_times, 0.5)
-        del bf16
+        mean_overlap, max_err, half_p50 = reduced_precision(vecs.half(), profiles, vecs, valid, pop, min(requests, 100))
+        bf16_overlap, bf16_err, bf16_p50 = reduced_precision(vecs.bfloat16(), profiles, vecs, valid, pop,
+                                                             min(requests, 100))
         out[n] = {"items": n, "build_s": build_s, "rss_bytes_per_item": per_item,
                   "vector_bytes_per_item_fp32": DIM * 4, "top10_p50_s": p50, "top10_p99_s": p99,
                   "fp16_top10_overlap": mean_overlap, "fp16_max_score_error": max_err,
-                  "fp16_top10_p50_s": half_times[len(half_times) // 2]}
+                  "fp16_top10_p50_s": half_p50}
         ranker = ranker_request_times(index, min(requests, 100), dev)
         out[n].update({"ranker_top10_p50_s": ranker["p50_s"], "ranker_top10_p99_s": ranker["p99_s"],
                        "ranker_top10_cpu_p50_s": ranker["cpu_p50_s"],
@@ -141,8 +122,23 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
                  (f"bf16 vectors at {n:,} items: top-10 overlap / max score error / p50",
                   f"{bf16_overlap:.3f} / {bf16_err:.1e} / {bf16_p50 * 1e3:.1f} ms", f"fp32 ranking, {p50 * 1e3:.1f} ms",
                   "-", "overlap 1.0 to adopt")]
-        del index, vecs, valid, pop, half
+        del index, vecs, valid, pop
     return {"sizes": out, "rows": rows, "torch_threads": torch.get_num_threads()}
+
+
+def reduced_precision(low: torch.Tensor, profiles: torch.Tensor, vecs: torch.Tensor, valid: torch.Tensor,
+                      pop: torch.Tensor, requests: int) -> tuple[float, float, float]:
+    """(mean top-10 overlap with fp32, max score error, p50 seconds) of the blend over ``low``, the item
+    vectors stored at a lower precision, for the first ``requests`` profiles."""
+    overlaps, max_err, times = [], 0.0, []
+    for u in range(requests):
+        v32, i32 = top10(profiles[u:u + 1], vecs, valid, pop)
+        t = time.perf_counter()
+        v_low, i_low = top10(profiles[u:u + 1], low, valid, pop)
+        times.append(time.perf_counter() - t)
+        overlaps.append(len(set(i32[0].tolist()) & set(i_low[0].tolist())) / 10)
+        max_err = max(max_err, float((v32 - v_low).abs().max()))
+    return sum(overlaps) / len(overlaps), max_err, _pct(times, 0.5)
 
 
 def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> dict:
