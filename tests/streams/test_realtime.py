@@ -29,6 +29,7 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     encode0 = worker.metric("coldstart_encode_seconds_sum")
     batches0 = worker.metric("coldstart_encode_seconds_count")
     in0 = worker.metric("coldstart_events_in_total")
+    updates0 = worker.metric("coldstart_profile_updates_total")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
     for text in texts:
         user = unique("rt")
@@ -54,9 +55,10 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     while worker.metric("coldstart_events_in_total") < in0 + len(texts):
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.2)
-    # the last batch is counted as it starts: wait for its encode to finish too
-    while worker.metric("coldstart_encode_seconds_sum") == encode0 or \
-            worker.metric("coldstart_profile_updates_total") < 1:
+    # Events are counted in as their batch starts: wait until every one of them made its (new user's)
+    # profile, so the encode figures below cover every batch, not just the first one that finished.
+    while worker.metric("coldstart_profile_updates_total") < updates0 + len(texts):
+        assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.2)
     time.sleep(1.0)
     done.set()
