@@ -33,6 +33,8 @@ console = Console()
 
 def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None = None,
                    minutes: float = 10.0, serve: dict | None = None) -> dict:
+    if out.is_dir():  # a folder for --out: the figures go in it, decided before minutes of measuring
+        out = out / "bench.json"
     results: dict = {"machine": machine()}
     if which in ("encode", "all"):
         results["encode"] = bench_encode(settings)
