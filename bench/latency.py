@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from coldstart.bench.stack import histogram_quantiles, merged_scrape, wait_total
+from coldstart.bench.stack import PROCESSED, histogram_quantiles, merged_scrape, wait_total
 from coldstart.local import WorkerProcess
 
 
@@ -48,7 +48,7 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
     before = merged_scrape(workers)
     if base_count is None:
         from coldstart.bench.stack import counter_sum
-        base_count = counter_sum(before, "coldstart_events_in_total")
+        base_count = counter_sum(before, PROCESSED)
 
     async def both():
         duration = len(events) / rate
@@ -60,8 +60,8 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
         return await load if load else None
 
     requests = asyncio.run(both())
-    wait_total(workers, "coldstart_events_in_total", base_count + len(events), timeout=600)
-    time.sleep(0.5)  # the last batch's histogram observations follow its counter by microseconds
+    wait_total(workers, PROCESSED, base_count + len(events), timeout=600)
+    # No settling sleep: a batch observes its latencies before its size, which is what PROCESSED sums.
     after = merged_scrape(workers)
     p = histogram_quantiles(before, after, "coldstart_event_to_profile_seconds")
     w = histogram_quantiles(before, after, "coldstart_event_to_batch_seconds")

@@ -8,7 +8,7 @@
    table's shared block cache and memtables, ``coldstart_rocksdb_memory_bytes``) and the backlog
    (sent - consumed).
 
-Nothing lost is checked against a ground truth: every event sent is consumed (``events_in_total``),
+Nothing lost is checked against a ground truth: every event sent is processed (``bench.stack.PROCESSED``),
 none dead-lettered or doubled, and a random sample of users has exactly the events sent for them. The
 anomaly guard is off here: a replayed log sends a heavy user's day in seconds, which it would rightly
 flag; this run is about capacity, not bots. The curve goes to ``overload.png``.
@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from coldstart.bench.stack import counter_sum, rss_bytes, wait_total
+from coldstart.bench.stack import PROCESSED, counter_sum, rss_bytes, wait_total
 from coldstart.local import LocalStack
 from coldstart.settings import Settings
 
@@ -57,13 +57,13 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
     with LocalStack(settings) as stack:
         asyncio.run(produce(items + base[:capacity_events], stack.bootstrap, progress=False))  # warms the cache
         worker = stack.start_worker(anomaly_guard=False)
-        wait_total([worker], "coldstart_events_in_total", capacity_events, timeout=3000)
+        wait_total([worker], PROCESSED, capacity_events, timeout=3000)
         stack.wait_ready()
 
         probe = [renamed(e, "~cap") for e in base[:capacity_events]]
         t0 = time.perf_counter()  # wait_total's clock
         asyncio.run(produce(probe, stack.bootstrap, progress=False))
-        _, (t_end, _) = wait_total([worker], "coldstart_events_in_total", 2 * capacity_events, timeout=3000)
+        _, (t_end, _) = wait_total([worker], PROCESSED, 2 * capacity_events, timeout=3000)
         capacity = capacity_events / max(t_end - t0, 1e-9)
         consumed0 = 2 * capacity_events
 
@@ -78,7 +78,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
         def sample() -> None:
             while not stop.is_set():
                 metrics = worker.scrape()
-                consumed = counter_sum(metrics, "coldstart_events_in_total") - consumed0
+                consumed = counter_sum(metrics, PROCESSED) - consumed0
                 samples.append((time.perf_counter() - started, rss_bytes(worker.proc.pid) / 2**20,
                                 max(0.0, tally["sent"] - consumed),
                                 counter_sum(metrics, "coldstart_rocksdb_memory_bytes") / 2**20))
@@ -91,7 +91,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
         summary = asyncio.run(produce(stream, stack.bootstrap, rate=rate, progress=False))
         produced_s = time.perf_counter() - started
         sent = sum(sent_per_user.values())
-        _, (t_drained, _) = wait_total([worker], "coldstart_events_in_total", consumed0 + sent,
+        _, (t_drained, _) = wait_total([worker], PROCESSED, consumed0 + sent,
                                        timeout=max(600.0, 4 * factor * minutes * 60), poll_s=1.0)
         drain_s = t_drained - started - produced_s
         time.sleep(sample_s)
@@ -124,7 +124,7 @@ def bench_overload(settings: Settings, *, minutes: float = 10.0, factor: float =
         ("drain time after the overload", f"{drain_s:,.0f} s", f"overload lasted {produced_s:,.0f} s", "-", "-"),
         ("worker RSS start / max / end", f"{rss[0]:,.0f} / {max(rss):,.0f} / {rss[-1]:,.0f} MiB" if rss else "-",
          f"RocksDB max {max(s[3] for s in samples):,.0f} MiB" if samples else "-", "-", "bounded"),
-        ("events lost / dead-lettered / doubled", f"{sent + consumed0 - counter_sum(metrics, 'coldstart_events_in_total'):,.0f}"
+        ("events lost / dead-lettered / doubled", f"{sent + consumed0 - counter_sum(metrics, PROCESSED):,.0f}"
          f" / {dead:,.0f} / {duplicates:,.0f}", f"{len(checked) - len(wrong)}/{len(checked)} sampled users exact",
          "-", "0 / 0 / 0"),
     ]

@@ -173,7 +173,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
     at 500 and 1,000 events/s (texts cached, as in steady state) split into waiting (fetch + batching)
     and processing, recommendation latency at ``request_rate`` while ingesting 500/s, RSS."""
     from coldstart.bench.latency import paced_latency
-    from coldstart.bench.stack import rss_bytes, wait_total
+    from coldstart.bench.stack import PROCESSED, rss_bytes, wait_total
     from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
 
@@ -184,7 +184,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
         asyncio.run(produce(events, bootstrap, progress=False))
         raw_rate = asyncio.run(raw_consumer_rate(bootstrap, user_events))
         worker = stack.start_worker()
-        t_first, t_last = wait_total([worker], "coldstart_events_in_total", user_events, timeout=3000)
+        t_first, t_last = wait_total([worker], PROCESSED, user_events, timeout=3000)
         rate = (user_events - t_first[1]) / max(t_last[0] - t_first[0], 1e-9)
         rss = rss_bytes(worker.proc.pid)
         # Warm pass: the same log under new users and event ids. Every text is in the embedding cache
@@ -192,7 +192,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
         warm = [renamed(e, "~2") for e in events if e.type != "item"]
         t0 = time.perf_counter()
         asyncio.run(produce(warm, bootstrap, progress=False))
-        _, t_end = wait_total([worker], "coldstart_events_in_total", 2 * user_events, timeout=1500)
+        _, t_end = wait_total([worker], PROCESSED, 2 * user_events, timeout=1500)
         warm_rate = len(warm) / max(t_end[0] - t0, 1e-9)
         stack.wait_ready()
         base = [e for e in events if e.type != "item"][:latency_events]

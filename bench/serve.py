@@ -35,7 +35,7 @@ TARGET_P99_MS = 20.0
 
 def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
                 warmup_s: float = 2.0) -> dict:
-    from coldstart.bench.stack import counter_sum, histogram_quantiles, merged_scrape, wait_total
+    from coldstart.bench.stack import PROCESSED, counter_sum, histogram_quantiles, merged_scrape, wait_total
     from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
 
@@ -51,7 +51,7 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
     with LocalStack(settings) as stack:
         asyncio.run(produce(seed, stack.bootstrap, progress=False))
         worker = stack.start_worker()
-        wait_total([worker], "coldstart_events_in_total", len(seed), timeout=1800)
+        wait_total([worker], PROCESSED, len(seed), timeout=1800)
         stack.wait_ready()
         urls = [f"{worker.url}/users/{quote(u, safe='')}/recommendations?k=10" for u in users]
 
@@ -65,7 +65,7 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         mid = merged_scrape([worker])
 
         steady = [renamed(e, "~serve") for e in seed]
-        base_count = counter_sum(mid, "coldstart_events_in_total")
+        base_count = counter_sum(mid, PROCESSED)
         produced: dict = {}
 
         def ingest() -> None:
@@ -81,8 +81,8 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         if "error" in produced:
             raise produced["error"]
         t_sent = time.perf_counter()
-        _, (t_done, _) = wait_total([worker], "coldstart_events_in_total", base_count + len(steady), timeout=1800)
-        time.sleep(0.5)  # the last batch's histogram observations follow its counter
+        _, (t_done, _) = wait_total([worker], PROCESSED, base_count + len(steady), timeout=1800)
+        # A batch observes its latencies before its size (PROCESSED): nothing left to settle.
         after = merged_scrape([worker])
 
     view_idle = histogram_quantiles(before, mid, "coldstart_recommendation_seconds")
