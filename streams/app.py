@@ -45,6 +45,7 @@ from coldstart.streams import store as profile_store
 from coldstart.streams.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
+_EXPIRE_CHUNK = 500  # stale users deleted per hold of the batch lock (one batch's worth of table writes)
 
 
 class Worker:
@@ -491,15 +492,18 @@ class Worker:
                     stale.append(key)
                 if seen % 5000 == 0:
                     await asyncio.sleep(0)
-            if not stale:
-                continue
-            async with self.batch_lock:
-                with event_context(PartitionEvent(contract.SEARCH, partition)):
-                    for key in stale:
-                        raw = self.profiles.get(key)
-                        if raw is not None and ProfileState.newest_event_ts(raw) < cutoff:
-                            del self.profiles[key]
-                            expired += 1
+            # In chunks, the batch lock taken per chunk: after a long quiet spell (or a jump in stream
+            # time) a partition can hold tens of thousands of stale users, and one lock for all of them
+            # would hold the stream for as long as their tombstones take.
+            for start in range(0, len(stale), _EXPIRE_CHUNK):
+                async with self.batch_lock:
+                    with event_context(PartitionEvent(contract.SEARCH, partition)):
+                        for key in stale[start:start + _EXPIRE_CHUNK]:
+                            raw = self.profiles.get(key)
+                            if raw is not None and ProfileState.newest_event_ts(raw) < cutoff:
+                                del self.profiles[key]
+                                expired += 1
+                await asyncio.sleep(0)  # a batch waiting on the lock goes next
         self.metrics.users_expired.inc(expired)
         self.metrics.profiles.set(held - expired)
         if expired:
