@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from coldstart.bench.stack import PROCESSED, histogram_quantiles, merged_scrape, wait_total
+from coldstart.bench.stack import PROCESSED, histogram_quantiles, merged_scrape, stage_breakdown, wait_total
 from coldstart.local import WorkerProcess
 
 
@@ -27,6 +27,8 @@ class PacedResult:
     batch_p50_s: float
     batch_p99_s: float
     requests: "RequestResult | None" = None
+    # stage -> (mean, p99) seconds per batch (``coldstart_batch_stage_seconds``): where a batch goes
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,7 +68,8 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
     p = histogram_quantiles(before, after, "coldstart_event_to_profile_seconds")
     w = histogram_quantiles(before, after, "coldstart_event_to_batch_seconds")
     b = histogram_quantiles(before, after, "coldstart_batch_seconds")
-    return PacedResult(rate, len(events), p[0], p[1], w[0], w[1], b[0], b[1], requests)
+    return PacedResult(rate, len(events), p[0], p[1], w[0], w[1], b[0], b[1], requests,
+                       stage_breakdown(before, after))
 
 
 async def request_load(base_urls: list[str], users: list[str], rate: float, duration: float) -> RequestResult:

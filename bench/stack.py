@@ -12,7 +12,7 @@ import httpx
 
 from coldstart.local import WorkerProcess
 
-__all__ = ["PROCESSED", "counter_sum", "histogram_quantiles", "merged_scrape", "rss_bytes", "total_counter", "wait_total"]
+__all__ = ["PROCESSED", "counter_sum", "histogram_quantiles", "merged_scrape", "rss_bytes", "stage_breakdown", "total_counter", "wait_total"]
 
 
 # Events whose batch completed (profiles written, samples acknowledged): the sum of the batch-size
@@ -54,9 +54,10 @@ def wait_total(workers: list[WorkerProcess], name: str, target: float, timeout: 
     raise TimeoutError(f"{name} did not reach {target} within {timeout} s")
 
 
-def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99)) -> list[float]:
+def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99), labels: str = "") -> list[float]:
     """Quantiles of a Prometheus histogram over the interval between two scrapes, interpolated
     linearly inside a bucket (the fine buckets of ``streams.metrics`` keep that error small).
+    ``labels``: only the series whose labels start with it (e.g. ``'stage="encode"'``).
 
     >>> b = {'h_bucket{le="0.1"}': 0.0, 'h_bucket{le="0.2"}': 0.0, 'h_bucket{le="+Inf"}': 0.0}
     >>> a = {'h_bucket{le="0.1"}': 50.0, 'h_bucket{le="0.2"}': 100.0, 'h_bucket{le="+Inf"}': 100.0}
@@ -65,7 +66,7 @@ def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99)) ->
     """
     buckets: dict[float, float] = {}
     for key, value in after.items():
-        if key.startswith(name + "_bucket{"):
+        if key.startswith(name + "_bucket{" + labels):
             le = key.split('le="')[1].split('"')[0]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + value - before.get(key, 0.0)
@@ -87,6 +88,29 @@ def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99)) ->
             prev_bound, prev_count = bound, count
         result.append(value)
     return result
+
+
+def stage_breakdown(before: dict, after: dict, name: str = "coldstart_batch_stage_seconds"
+                    ) -> dict[str, tuple[float, float]]:
+    """Mean and p99 seconds per batch of each stage of a ``{stage=...}`` histogram between two scrapes.
+
+    >>> b = {'h_sum{stage="a"}': 1.0, 'h_count{stage="a"}': 1.0}
+    >>> a = {'h_sum{stage="a"}': 3.0, 'h_count{stage="a"}': 3.0, 'h_bucket{stage="a",le="1.0"}': 2.0,
+    ...      'h_bucket{stage="a",le="+Inf"}': 2.0}
+    >>> stage_breakdown(b, a, "h")
+    {'a': (1.0, 0.99)}
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for key, total in after.items():
+        if not key.startswith(name + '_sum{stage="'):
+            continue
+        stage = key.split('stage="')[1].split('"')[0]
+        count = after.get(f'{name}_count{{stage="{stage}"}}', 0.0) - before.get(f'{name}_count{{stage="{stage}"}}', 0.0)
+        if count <= 0:
+            continue
+        mean = (total - before.get(key, 0.0)) / count
+        out[stage] = (mean, histogram_quantiles(before, after, name, (0.99,), labels=f'stage="{stage}",')[0])
+    return out
 
 
 def merged_scrape(workers: list[WorkerProcess]) -> dict[str, float]:

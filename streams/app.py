@@ -35,7 +35,7 @@ from coldstart.model.serving import ServingModel
 from coldstart.model.anomaly import ActivityGuard
 from coldstart import contract
 from coldstart.streams.catalog import CatalogReader
-from coldstart.streams.metrics import Metrics
+from coldstart.streams.metrics import BATCH_STAGES, Metrics
 from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
 from coldstart.model.ranker import FEATURES, LinearRanker, load_ranker, save_ranker
 from coldstart.streams.recommender import Recommender
@@ -74,6 +74,8 @@ class Worker:
         self.metrics.model_version_info.labels(self.model.version).set(1)
         for kind in ("search", "click"):  # a worker that got no event yet still reports 0 (ColdstartNoEvents)
             self.metrics.events_in.labels(kind)
+        for name in BATCH_STAGES:  # every stage exported from the start, in its order
+            self.metrics.batch_stage_seconds.labels(name)
         self._router_ready = False
         # Liveness of the stream (issue 8): when a batch last completed, the lag seen then, and the
         # error the stream is stuck on (a systemic failure retried with backoff, never acknowledged).
@@ -388,6 +390,7 @@ class Worker:
                 continue
             parsed.append((ev, event))
             self.stream_time = max(self.stream_time, ev.ts)
+        m.batch_stage_seconds.labels("parse").observe(time.perf_counter() - started)
         if parsed:
             try:
                 await self.apply(parsed)
@@ -419,6 +422,8 @@ class Worker:
     async def apply(self, parsed: list) -> None:
         """Apply parsed events to their users' profiles: read states, run the batch step, write back."""
         m = self.metrics
+        stage = m.batch_stage_seconds
+        t_read = time.perf_counter()
         last_event_of: dict[str, faust.EventT] = {ev.user_id: event for ev, event in parsed}
         states: dict[str, ProfileState] = {}
         for user_id, event in last_event_of.items():
@@ -429,8 +434,15 @@ class Worker:
         cache = self.model.cache
         hits0, misses0 = cache.hits, cache.misses
         # The batch step runs on the one writer thread of the model (issue 11): HTTP and heartbeats go on.
+        t_step = time.perf_counter()
         outcome = await asyncio.get_running_loop().run_in_executor(
             self.batch_executor, self.processor.process, [ev for ev, _ in parsed], states)
+        t_write = time.perf_counter()
+        # handoff: the batch thread busy with a catalog refresh, the GIL, the loop waking up again.
+        stage.labels("read").observe(t_step - t_read)
+        stage.labels("handoff").observe(max(0.0, t_write - t_step - sum(outcome.stage_seconds.values())))
+        for name, seconds in outcome.stage_seconds.items():
+            stage.labels(name).observe(seconds)
         # Everything that can fail on one event happens before the first write (a failed try must
         # leave nothing behind: its retry reloads the states and must not see its events as applied).
         rows = [(user_id.encode(), state.dumps()) for user_id, state in outcome.profiles.items()]
@@ -440,6 +452,8 @@ class Worker:
         for key, value in rows:
             with event_context(last_event_of[key.decode()]):
                 self.profiles[key] = value
+        t_send = time.perf_counter()
+        stage.labels("write").observe(t_send - t_write)
         # The batch's samples go straight to the producer and are awaited together: one acknowledged
         # round trip per batch before the batch (and its offsets) is acknowledged, instead of Faust's
         # per-message channel, attachment and sensor work (issue 11).
@@ -447,6 +461,7 @@ class Worker:
         deliveries = [await producer.send(contract.SAMPLES, user_id.encode(), value, None, None, None)
                       for user_id, value in samples]
         await asyncio.gather(*deliveries)
+        stage.labels("send").observe(time.perf_counter() - t_send)
         m.events_out.labels(contract.SAMPLES).inc(len(outcome.samples))
         now = time.time()
         for ev, event in parsed:

@@ -14,6 +14,8 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 
                    0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
                    15.0, 20.0, 30.0, 60.0)
 IMPORTANCE_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+# The stages of one batch, in the order they run (``coldstart_batch_stage_seconds{stage}``).
+BATCH_STAGES = ("parse", "read", "handoff", "learn", "encode", "importance", "profile", "write", "send")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -26,6 +28,7 @@ class Metrics:
     event_to_batch_seconds: Histogram
     batch_size: Histogram
     batch_seconds: Histogram
+    batch_stage_seconds: Histogram  # issue 11: where a batch's time goes, by stage
     encode_seconds: Histogram
     encoded_texts: Counter
     cache_lookups: Counter
@@ -76,6 +79,12 @@ class Metrics:
                 LATENCY_BUCKETS),
             batch_size=histogram("batch_events", "Events per processed batch.", BATCH_BUCKETS),
             batch_seconds=histogram("batch_seconds", "Time to process one batch.", LATENCY_BUCKETS),
+            batch_stage_seconds=histogram(
+                "batch_stage_seconds", "Time per batch in each stage, in order: parse (decode, validate, "
+                "bot guard), read (profile states from the table), handoff (waiting for the batch thread), "
+                "learn (ranker and stream statistics), encode (texts and item vectors), importance, profile "
+                "(apply and recompute), write (table and changelog), send (training samples, acknowledged).",
+                LATENCY_BUCKETS, ["stage"]),
             encode_seconds=histogram("encode_seconds", "Time spent in the encoder per batch.", LATENCY_BUCKETS),
             encoded_texts=counter("encoded_texts_total", "Distinct texts run through the encoder."),
             cache_lookups=counter("embedding_cache_lookups_total", "Embedding cache lookups.", ["result"]),

@@ -35,6 +35,9 @@ class BatchOutcome:
     importance: dict[str, list[float]]  # per event type, for the histogram
     encode_seconds: float
     encoded_texts: int
+    # Seconds per stage of this call (learn, encode, importance, profile): the worker adds its own
+    # (parse, read, write, send) and exports them all as coldstart_batch_stage_seconds (issue 11).
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class BatchProcessor:
@@ -74,8 +77,11 @@ class BatchProcessor:
             batch_ids.add(ev.event_id)
             fresh.append(ev)
 
+        stages: dict[str, float] = {}
+        t_learn = time.perf_counter()
         if self.click_hook is not None:
             self.click_hook(fresh, profiles)
+        stages["learn"] = time.perf_counter() - t_learn
 
         # 2. Item evidence from clicks (idempotent too), then vectors for the items whose text changed.
         t0 = time.perf_counter()
@@ -92,10 +98,14 @@ class BatchProcessor:
         text_vecs = model.cache.encode(model.encoder, texts) if texts else None
         text_row = {t: i for i, t in enumerate(texts)}
         encode_seconds = time.perf_counter() - t0
+        stages["encode"] = encode_seconds
 
         # 4. Importance with the current model, per event, before it joins the profile.
+        t_importance = time.perf_counter()
         item_vecs, item_valid = model.items.matrix()
         weights = self._importance(scored, profiles, text_vecs, text_row, item_vecs, item_valid)
+        t_profile = time.perf_counter()
+        stages["importance"] = t_profile - t_importance
 
         # 5. Apply to the bounded per-user state.
         touched: dict[str, ProfileState] = {}
@@ -132,10 +142,11 @@ class BatchProcessor:
                 state.vector = vec
                 state.version = model.version
                 state.updated_ts = max(e.ts for e in state.events)
+        stages["profile"] = time.perf_counter() - t_profile
         return BatchOutcome(
             profiles=touched, samples=samples, applied=fresh, duplicates=duplicates,
             importance=importance, encode_seconds=encode_seconds,
-            encoded_texts=model.cache.misses - misses_before)
+            encoded_texts=model.cache.misses - misses_before, stage_seconds=stages)
 
     def _importance(self, events, profiles, text_vecs, text_row, item_vecs, item_valid) -> list[tuple[float, float]]:
         model = self.model

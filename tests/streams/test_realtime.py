@@ -11,6 +11,7 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
+from coldstart.streams.metrics import BATCH_STAGES
 from tests.streams.conftest import unique
 
 pytestmark = [pytest.mark.kafka, pytest.mark.model, pytest.mark.slow]
@@ -27,6 +28,8 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     # so a fast CI machine still spends long enough in each forward pass to tell waiting from not.
     texts = [" ".join(rng.choice(WORDS) for _ in range(60)) + f" {i}" for i in range(400)]
     encode0 = worker.metric("coldstart_encode_seconds_sum")
+    stage0 = {name: worker.metric("coldstart_batch_stage_seconds_sum", stage=name) for name in BATCH_STAGES}
+    batch0 = worker.metric("coldstart_batch_seconds_sum")
     batches0 = worker.metric("coldstart_encode_seconds_count")
     in0 = worker.metric("coldstart_events_in_total")
     updates0 = worker.metric("coldstart_profile_updates_total")
@@ -72,3 +75,10 @@ def test_api_answers_while_a_batch_encodes(worker, kafka_bootstrap):
     # A request that had to wait for a batch would take about a whole encode; answered between the
     # GIL-free stretches of the forward pass, it takes a small fraction of one.
     assert max(latencies) < 0.5 * mean_encode, (max(latencies), mean_encode, sorted(latencies)[-5:])
+
+    # The stage breakdown says where the time went: into the encoder, and the stages add up to the batch.
+    stages = {name: worker.metric("coldstart_batch_stage_seconds_sum", stage=name) - stage0[name]
+              for name in BATCH_STAGES}
+    batch_total = worker.metric("coldstart_batch_seconds_sum") - batch0
+    assert max(stages, key=stages.get) == "encode", stages
+    assert 0.9 * batch_total <= sum(stages.values()) <= 1.01 * batch_total, (stages, batch_total)
