@@ -11,6 +11,9 @@
 - ``serve``: recommendation requests at a fixed rate (open loop, latency from the scheduled time) while
   the worker ingests a steady event rate, beside the same requests to the idle worker (``bench/serve.py``).
 - ``catalog``: the item index, scoring and top-10 at 100k and 1M synthetic items (``bench/catalog.py``).
+- ``scale``: 1, 2 and 4 workers of one app on one broker (the group spreads the partitions): aggregate and
+  per-worker events/s, event->profile p50/p99 at a fixed rate, scaling efficiency and a capacity table
+  (workers and partitions for 1k, 10k and 100k events/s) (``bench/scale.py``; long, not in ``all``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.serve import bench_serve
 
         results["serve"] = bench_serve(settings, **(serve or {}))
+    if which in ("scale",):  # issue 11, item 6: scale-out on one broker (bench/scale.py); long, not in "all"
+        from coldstart.bench.scale import bench_scale
+
+        results["scale"] = bench_scale(settings)
     if which in ("overload",):  # issue 8: long (minutes of overload, then the drain); not in "all"
         from coldstart.bench.overload import bench_overload
 
@@ -161,6 +168,19 @@ def bench_batch(settings: Settings, batch_size: int = 512) -> dict:
                       "p99 <= 25 ms on one H100")]}
 
 
+def stage_text(stages: dict[str, tuple[float, float]]) -> str:
+    """``parse 0.4/1.2 · read ...`` in the order the stages run.
+
+    >>> stage_text({"send": (0.0121, 0.03), "parse": (0.0004, 0.0012)})
+    'parse 0.4/1.2 · send 12.1/30.0'
+    """
+    from coldstart.streams.metrics import BATCH_STAGES
+
+    order = {name: i for i, name in enumerate(BATCH_STAGES)}
+    return " · ".join(f"{name} {mean * 1e3:.1f}/{p99 * 1e3:.1f}"
+                      for name, (mean, p99) in sorted(stages.items(), key=lambda kv: order.get(kv[0], 99)))
+
+
 def quantiles(xs: list[float]) -> tuple[float, float]:
     xs = sorted(xs)
     return xs[len(xs) // 2], xs[min(len(xs) - 1, int(0.99 * len(xs)))]
@@ -213,6 +233,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
                      f"{r.profile_p99_s * 1e3:,.0f} ms", f"of which waiting (fetch + batching) "
                      f"{r.wait_p50_s * 1e3:,.0f} / {r.wait_p99_s * 1e3:,.0f} ms; batch {r.batch_p50_s * 1e3:,.0f}"
                      f" / {r.batch_p99_s * 1e3:,.0f} ms", "-", target))
+        rows.append((f"batch stages at {r.rate:,.0f}/s, mean / p99 ms", stage_text(r.stages), "-", "-", "-"))
     if req is not None:
         rows.append((f"GET recommendations p50 / p99 at {req.rate:.0f}/s while ingesting 500/s",
                      f"{req.p50_s * 1e3:,.1f} / {req.p99_s * 1e3:,.1f} ms", f"{req.ok}/{req.sent} answered 200",
