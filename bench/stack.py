@@ -57,7 +57,7 @@ def wait_total(workers: list[WorkerProcess], name: str, target: float, timeout: 
 def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99), labels: str = "") -> list[float]:
     """Quantiles of a Prometheus histogram over the interval between two scrapes, interpolated
     linearly inside a bucket (the fine buckets of ``streams.metrics`` keep that error small).
-    ``labels``: only the series whose labels start with it (e.g. ``'stage="encode"'``).
+    ``labels``: only the series whose labels include it (e.g. ``'stage="encode"'``).
 
     >>> b = {'h_bucket{le="0.1"}': 0.0, 'h_bucket{le="0.2"}': 0.0, 'h_bucket{le="+Inf"}': 0.0}
     >>> a = {'h_bucket{le="0.1"}': 50.0, 'h_bucket{le="0.2"}': 100.0, 'h_bucket{le="+Inf"}': 100.0}
@@ -66,7 +66,7 @@ def histogram_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.99), la
     """
     buckets: dict[float, float] = {}
     for key, value in after.items():
-        if key.startswith(name + "_bucket{" + labels):
+        if key.startswith(name + "_bucket{") and labels in key:
             le = key.split('le="')[1].split('"')[0]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + value - before.get(key, 0.0)
@@ -95,8 +95,8 @@ def stage_breakdown(before: dict, after: dict, name: str = "coldstart_batch_stag
     """Mean and p99 seconds per batch of each stage of a ``{stage=...}`` histogram between two scrapes.
 
     >>> b = {'h_sum{stage="a"}': 1.0, 'h_count{stage="a"}': 1.0}
-    >>> a = {'h_sum{stage="a"}': 3.0, 'h_count{stage="a"}': 3.0, 'h_bucket{stage="a",le="1.0"}': 2.0,
-    ...      'h_bucket{stage="a",le="+Inf"}': 2.0}
+    >>> a = {'h_sum{stage="a"}': 3.0, 'h_count{stage="a"}': 3.0, 'h_bucket{le="1.0",stage="a"}': 2.0,
+    ...      'h_bucket{le="+Inf",stage="a"}': 2.0}
     >>> stage_breakdown(b, a, "h")
     {'a': (1.0, 0.99)}
     """
@@ -109,7 +109,7 @@ def stage_breakdown(before: dict, after: dict, name: str = "coldstart_batch_stag
         if count <= 0:
             continue
         mean = (total - before.get(key, 0.0)) / count
-        out[stage] = (mean, histogram_quantiles(before, after, name, (0.99,), labels=f'stage="{stage}",')[0])
+        out[stage] = (mean, histogram_quantiles(before, after, name, (0.99,), labels=f'stage="{stage}"')[0])
     return out
 
 

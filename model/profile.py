@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from coldstart.model.importance import plausibility
 
-__all__ = ["popularity_blend", "profile_vectors", "profile_weights", "recency_weights", "top_contributors"]
+__all__ = ["popularity_blend", "popularity_blend_of", "profile_vectors", "profile_weights", "recency_weights", "top_contributors"]
 
 
 def recency_weights(ts: torch.Tensor, now: float, half_life_s: float) -> torch.Tensor:
@@ -49,6 +49,17 @@ def profile_vectors(event_vecs: torch.Tensor, weights: torch.Tensor, owner: torc
                     event_vecs * weights.to(event_vecs.device, event_vecs.dtype)[:, None])
     # normalize divides by max(norm, eps), so all-zero rows stay exactly zero.
     return F.normalize(sums, p=2, dim=1)
+
+
+def popularity_blend_of(n_events: float, prior_weight: float = 0.5, half_events: float = 2.0) -> float:
+    """:func:`popularity_blend` of one count, in plain Python: the ranker's learning asks for it once per
+    click, where three tensor calls on a one-element tensor cost 10% of the step.
+
+    >>> [round(popularity_blend_of(n), 4) for n in (0, 1, 2, 6)]
+    [1.0, 0.3333, 0.25, 0.125]
+    """
+    n = max(float(n_events), 0.0)
+    return 1.0 if n == 0 else prior_weight * half_events / (half_events + n)
 
 
 def popularity_blend(n_events: torch.Tensor, prior_weight: float = 0.5,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from coldstart.contract import ClickEvent, UserEvent
-from coldstart.model.profile import popularity_blend, profile_vectors, top_contributors
+from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
@@ -133,7 +133,7 @@ class Recommender:
         # Row-indexed statistics kept current by the writer's change log: no per-item Python here.
         pop, sig["newness"] = self._rows.read(items, n, now)
         sig["popularity"] = popularity_scores(pop)
-        a = float(popularity_blend(torch.tensor([float(n_events)]))[0])
+        a = popularity_blend_of(n_events)
         return Signals(feature_matrix(sig, n_events, a), item_valid, query, last_item)
 
     def _centroid(self, values: dict[str, float], item_vecs: torch.Tensor,
