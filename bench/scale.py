@@ -54,7 +54,7 @@ from pathlib import Path
 from coldstart.bench.events import bestbuy_events, renamed
 from coldstart.settings import Settings
 
-__all__ = ["bench_scale", "capacity_table"]
+__all__ = ["bench_scale", "capacity_table", "cost_per_worker"]
 
 CPU = "process_cpu_seconds_total"
 HITS = 'coldstart_embedding_cache_lookups_total{result="hit"}'
@@ -97,6 +97,24 @@ def capacity_table(per_worker_rate: float, targets=(1_000, 10_000, 100_000), hea
         rows.append({"target": target, "workers": workers, "partitions": partitions,
                      "per_worker_rate": per_worker_rate, "headroom": headroom})
     return rows
+
+
+def cost_per_worker(points: dict[int, float]) -> tuple[float, float]:
+    """Least-squares line through (k workers, CPU ms per event summed over the workers): (the cost that
+    does not grow with k, the cost each added worker adds). The second is the work every worker does for
+    every event of the whole stream (following all of ``events.click`` for its item index) plus each
+    process's fixed overhead; with it, k workers of one core each top out near ``1000 / slope`` events/s
+    however large k gets (their share of the batch path shrinks, the duplicated part does not).
+
+    >>> [round(x, 3) for x in cost_per_worker({1: 0.65, 2: 0.75, 4: 0.93})]
+    [0.56, 0.093]
+    """
+    if len(points) < 2:
+        return (next(iter(points.values()), float("nan")), float("nan"))
+    ks, ys = list(points), list(points.values())
+    mk, my = sum(ks) / len(ks), sum(ys) / len(ys)
+    slope = sum((k - mk) * (y - my) for k, y in zip(ks, ys)) / sum((k - mk) ** 2 for k in ks)
+    return my - slope * mk, slope
 
 
 def bench_scale(settings: Settings, workers=(1, 2, 4), events: int | None = 20_000, rate: float = 500.0,
@@ -175,6 +193,7 @@ def bench_scale(settings: Settings, workers=(1, 2, 4), events: int | None = 20_0
     sized_k = max([k for k, r in runs.items() if r["efficiency"] >= efficient] or [workers[0]])
     per_worker_rate = runs[sized_k]["aggregate_per_s"] / sized_k
     capacity = capacity_table(per_worker_rate, headroom=headroom)
+    fixed_ms, per_worker_ms = cost_per_worker({k: r["cpu_s_per_1k_events"] for k, r in runs.items()})
     load_after = os.getloadavg()
     cpus = os.cpu_count()
     rows = [("machine", f"{cpus} CPUs; load avg {load_before[0]:.2f} -> {load_after[0]:.2f}",
@@ -202,12 +221,18 @@ def bench_scale(settings: Settings, workers=(1, 2, 4), events: int | None = 20_0
              f"other processes {r['cores_busy']['foreign']:.2f} of {cpus}", "-",
              "other processes ~0 for a clean figure"),
         ]
+    if per_worker_ms == per_worker_ms:  # not NaN: two or more k measured
+        ceiling = 1000.0 / per_worker_ms if per_worker_ms > 0 else float("inf")
+        rows.append(("CPU ms per event = a + b x workers", f"a {fixed_ms:.2f}, b {per_worker_ms:.3f}",
+                     "b: every worker follows every click (item index) + per-process overhead", "-",
+                     f"one core per worker tops out near {ceiling:,.0f} events/s at any k"))
     for c in capacity:
         rows.append((f"capacity: {c['target']:,} events/s", f"{c['workers']} workers, {c['partitions']} partitions",
                      f"{per_worker_rate:,.0f}/s per worker (k={sized_k}) x {headroom} headroom", "-",
                      "partitions: power of two >= 2 x workers"))
     return {"cpus": cpus, "partitions": parts, "load_avg_before": load_before, "load_avg_after": load_after,
             "runtime_s": time.perf_counter() - t_all, "runs": {str(k): r for k, r in runs.items()},
+            "cpu_ms_per_event_fixed": fixed_ms, "cpu_ms_per_event_per_worker": per_worker_ms,
             "sized_from_workers": sized_k, "per_worker_rate": per_worker_rate, "capacity": capacity,
             "rows": rows}
 

@@ -50,3 +50,13 @@ def test_a_rate_that_is_not_positive_is_refused_with_its_value(rate: float) -> N
 def test_a_headroom_outside_0_1_is_refused(headroom: float) -> None:
     with pytest.raises(ValueError, match="headroom"):
         capacity_table(1_000.0, headroom=headroom)
+
+
+def test_the_cost_each_added_worker_adds_is_the_slope_of_cpu_per_event() -> None:
+    from coldstart.bench.scale import cost_per_worker
+
+    # Every worker follows every click for its item index: total CPU per event grows with k.
+    fixed, per_worker = cost_per_worker({1: 0.6, 2: 0.7, 4: 0.9})
+    assert (round(fixed, 6), round(per_worker, 6)) == (0.5, 0.1)
+    assert cost_per_worker({1: 0.6, 2: 0.6, 4: 0.6})[1] == 0.0  # perfectly linear scaling
+    assert math.isnan(cost_per_worker({1: 0.6})[1])  # one k: no slope to fit
