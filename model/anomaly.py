@@ -101,6 +101,10 @@ class ActivityGuard:
         self.max_users = max_users
         self._users: OrderedDict[str, UserActivity] = OrderedDict()
         self.flagged_events: dict[str, int] = {}
+        # The earlier events of users flagged since the last take_retractions(): they passed while the
+        # evidence built up (a flood is flagged at its 20th or 200th event) and were applied, so the
+        # caller takes them back out of what other users see (popularity, co-clicks, transitions).
+        self._retract: list[str] = []
 
     def observe(self, user_id: str, ts: float, item_id: str | None = None, event_id: str | None = None) -> str | None:
         """Count one event (``item_id`` for a click) and return the reason to flag it, or None.
@@ -126,9 +130,31 @@ class ActivityGuard:
                 del clicks[min(clicks, key=clicks.__getitem__)]
         if activity.flagged is None:
             activity.flagged = bot_reason(activity, rules)
+            if activity.flagged is not None:
+                self._retract.extend(list(activity.seen)[:-1] if event_id is not None else [])
         if activity.flagged is not None:
             self.flagged_events[activity.flagged] = self.flagged_events.get(activity.flagged, 0) + 1
         return activity.flagged
+
+    def take_retractions(self) -> list[str]:
+        """Event ids of newly flagged users' earlier events (at most the last 256 per user), once each.
+
+        >>> guard = ActivityGuard(AnomalyRules(burst_events=3, burst_window_s=10.0))
+        >>> [guard.observe("bot", float(t), "i1", f"e{t}") for t in range(4)]
+        [None, None, 'impossible_rate', 'impossible_rate']
+        >>> guard.take_retractions(), guard.take_retractions()
+        (['e0', 'e1'], [])
+        """
+        out, self._retract = self._retract, []
+        return out
+
+    def has_retractions(self) -> bool:
+        return bool(self._retract)
+
+    def reason(self, user_id: str) -> str | None:
+        """The rule ``user_id`` was flagged by, or None."""
+        activity = self._users.get(user_id)
+        return activity.flagged if activity is not None else None
 
     def is_flagged(self, user_id: str) -> bool:
         activity = self._users.get(user_id)

@@ -32,7 +32,7 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -132,6 +132,36 @@ class StreamStats:
                 table[key] = table.get(key, 0.0) + delta
                 if table is self.pop:
                     self._mark(key)
+
+    def retract(self, event_ids: Iterable[str]) -> int:
+        """Take counted clicks back out for good, and keep clicks not counted yet out (a user flagged as
+        a bot: issue 10; a later :meth:`observe` of any of these ids is a duplicate). Returns how many
+        were counted and so removed; an id counted too long ago to be remembered (``seen_clicks``) stays.
+
+        >>> s = StreamStats()
+        >>> _ = s.observe("h1", "human", "a", 0.0); _ = s.observe("b1", "bot", "a", 1.0); _ = s.observe("b2", "bot", "b", 2.0)
+        >>> s.retract(["b1", "b2", "never"]), round(s.popularity("a", 0.0), 6), s.neighbours(s.coclicks, "a")
+        (2, 1.0, {})
+        >>> s.observe("b1", "bot", "a", 1.0), s.observe("never", "bot", "a", 3.0)  # kept out for good
+        (False, False)
+        """
+        removed = 0
+        for event_id in event_ids:
+            undo = self._undo.get(event_id)
+            if undo is None:  # not counted (yet): blocked
+                self._undo[event_id] = []
+                while len(self._undo) > self._seen_cap:
+                    self._undo.popitem(last=False)
+                continue
+            if not undo:
+                continue
+            for table, key, delta in undo:
+                table[key] = table.get(key, 0.0) - delta
+                if table is self.pop:
+                    self._mark(key)
+            self._undo[event_id] = []  # kept (empty): a redelivery of it is still a duplicate
+            removed += 1
+        return removed
 
     # ------------------------------------------------------------------------------ reads
     def popularity(self, item_id: str, now: float) -> float:

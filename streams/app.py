@@ -369,6 +369,7 @@ class Worker:
         started = time.perf_counter()
         m = self.metrics
         parsed = []
+        flagged: list[str] = []  # event ids the guard dead-lettered in this batch
         wall = time.time()
         for event in batch:
             msg = event.message
@@ -387,9 +388,12 @@ class Worker:
             reason = self.guard and self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
             if reason:  # issue 10: never applied to profiles, popularity or samples; visible in the DLQ
                 await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
+                flagged.append(ev.event_id)
                 continue
             parsed.append((ev, event))
             self.stream_time = max(self.stream_time, ev.ts)
+        if self.guard is not None and (flagged or self.guard.has_retractions()):
+            parsed = await self.retract_flagged(parsed, flagged)
         m.batch_stage_seconds.labels("parse").observe(time.perf_counter() - started)
         if parsed:
             try:
@@ -405,6 +409,29 @@ class Worker:
         m.batch_seconds.observe(time.perf_counter() - started)
         self.last_progress = time.monotonic()
         self.lag_at_progress = self.lag_now
+
+    async def retract_flagged(self, parsed: list, flagged: list[str]) -> list:
+        """Flag bots back to their first event. A user flagged in this batch had events pass while the
+        evidence built up: those of this batch go to the DLQ with the user's reason instead of being
+        applied, and those of earlier batches are taken back out of the stream statistics (popularity,
+        co-clicks, transitions, query clicks) that every other user's recommendations read. Every
+        flagged id is also kept out of the statistics for good: the catalog reader counts every click
+        of the topic, flagged or not. Returns the events to apply."""
+        earlier = set(self.guard.take_retractions())
+        keep = []
+        for ev, event in parsed:
+            if ev.event_id in earlier:
+                await self.dead_letter(BadEvent(self.guard.reason(ev.user_id) or "bot",
+                                                f"user {ev.user_id!r} behaves like a bot"), event)
+            else:
+                keep.append((ev, event))
+        await asyncio.get_running_loop().run_in_executor(
+            self.batch_executor, self.recommender.stats.retract, list(earlier) + flagged)
+        if earlier:
+            self.metrics.bot_events_flagged_back.inc(len(earlier))
+            log.warning("flagged %d earlier events of newly flagged users: out of the stream statistics, "
+                        "and dead-lettered where not applied yet", len(earlier))
+        return keep
 
     async def _bisect(self, parsed: list) -> list:
         """Apply ``parsed``, splitting it in halves on failure; returns the ((event, faust event),

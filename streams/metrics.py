@@ -48,6 +48,7 @@ class Metrics:
     item_evictions: Counter  # issue 8: the item index's capacity policy
     users_expired: Counter  # issue 8: inactive users' profiles deleted (tombstones in the changelog)
     rocksdb_memory: Gauge  # issue 8: the profile table's RocksDB memory, against its budget
+    bot_events_flagged_back: Counter  # issue 10: a newly flagged user's earlier events (the evidence)
     ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
     ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
 
@@ -114,6 +115,10 @@ class Metrics:
             rocksdb_memory=gauge("rocksdb_memory_bytes", "The profile table's RocksDB memory, shared by all its "
                                  "partitions: block_cache (data, index and filter blocks) and memtables.",
                                  ["kind"]),
+            bot_events_flagged_back=counter(
+                "bot_events_flagged_back_total", "Earlier events of users flagged as bots (the evidence): "
+                "dead-lettered where not applied yet, and taken out of the stream statistics (popularity, "
+                "co-clicks, transitions, query clicks) that other users' recommendations read."),
             ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
             ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
         )
