@@ -10,6 +10,8 @@
   recommendation latency at 200 requests/s while the worker ingests 500 events/s; worker RSS.
 - ``serve``: recommendation requests at a fixed rate (open loop, latency from the scheduled time) while
   the worker ingests a steady event rate, beside the same requests to the idle worker (``bench/serve.py``).
+- ``bots``: a fixed set of bots merged into both real logs, through the worker's anomaly guard: share of
+  bot and genuine events flagged, popularity and co-clicks against the clean log's (``bench/bots.py``).
 - ``catalog``: the item index, scoring and top-10 at 100k and 1M synthetic items (``bench/catalog.py``).
 - ``scale``: 1, 2 and 4 workers of one app on one broker (the group spreads the partitions): aggregate and
   per-worker events/s, event->profile p50/p99 at a fixed rate, scaling efficiency and a capacity table
@@ -57,6 +59,10 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.scale import bench_scale
 
         results["scale"] = bench_scale(settings)
+    if which in ("bots",):  # issue 10: injected bots against the guard, both real logs (no broker)
+        from coldstart.bench.bots import bench_bots
+
+        results["bots"] = bench_bots(settings)
     if which in ("overload",):  # issue 8: long (minutes of overload, then the drain); not in "all"
         from coldstart.bench.overload import bench_overload
 
