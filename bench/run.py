@@ -6,8 +6,8 @@
   the Best Buy log in batches, events/s and batch latency p50/p99 (the path a GPU worker runs).
 - ``stream``: one real worker on a real local broker: events/s over the whole Best Buy log vs a raw
   aiokafka consumer that only decodes the same messages (cold and warm embedding cache);
-  event->profile latency at a fixed 500 and 1,000 events/s, split into waiting and processing;
-  recommendation latency at 200 requests/s while the worker ingests 500 events/s; worker RSS.
+  event->profile latency at a fixed 500 events/s (alone, then with 200 recommendation requests/s) and
+  1,000 events/s, split into waiting and the batch's stages; the requests' latency; worker RSS.
 - ``serve``: recommendation requests at a fixed rate (open loop, latency from the scheduled time) while
   the worker ingests a steady event rate, beside the same requests to the idle worker (``bench/serve.py``).
 - ``bots``: a fixed set of bots merged into both real logs, through the worker's anomaly guard: share of
@@ -196,8 +196,9 @@ def quantiles(xs: list[float]) -> tuple[float, float]:
 def bench_stream(settings: Settings, limit: int | None = None, latency_events: int = 5000,
                  request_rate: float = 200.0) -> dict:
     """One worker on a local broker: cold and warm replay rates beside a raw decoding consumer, latency
-    at 500 and 1,000 events/s (texts cached, as in steady state) split into waiting (fetch + batching)
-    and processing, recommendation latency at ``request_rate`` while ingesting 500/s, RSS."""
+    at 500 events/s alone, at 500 events/s with ``request_rate`` recommendation requests/s, and at 1,000
+    events/s (texts cached, as in steady state), each split into waiting (fetch + batching) and the
+    batch's stages; the requests' own latency; RSS."""
     from coldstart.bench.latency import paced_latency
     from coldstart.bench.stack import PROCESSED, rss_bytes, wait_total
     from coldstart.local import LocalStack
@@ -224,22 +225,26 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
         base = [e for e in events if e.type != "item"][:latency_events]
         users = sorted({e.value["user_id"] for e in events if e.type != "item"})
         paced = {}
-        for suffix, rate_s, req in (("~3", 500.0, request_rate), ("~4", 1000.0, 0.0)):
-            paced[rate_s] = paced_latency(bootstrap, [worker], [renamed(e, suffix) for e in base], rate_s,
-                                          request_users=users if req else None, request_rate=req)
+        # 500/s alone, then with the request load: the two differ by what the requests cost the stream
+        # (both run on the worker's one event loop and one GIL).
+        for key, suffix, rate_s, req in (("500", "~3", 500.0, 0.0), ("500+requests", "~5", 500.0, request_rate),
+                                         ("1000", "~4", 1000.0, 0.0)):
+            paced[key] = paced_latency(bootstrap, [worker], [renamed(e, suffix) for e in base], rate_s,
+                                       request_users=users if req else None, request_rate=req)
         rss_end = rss_bytes(worker.proc.pid)
-    p5, p10 = paced[500.0], paced[1000.0]
-    req = p5.requests
+    req = paced["500+requests"].requests
     rows = [("events/s, one worker, cold cache", f"{rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
              f"{rate / raw_rate:.3f}", ">= 3,000/s"),
             ("events/s, one worker, warm cache", f"{warm_rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
              f"{warm_rate / raw_rate:.3f}", ">= 10,000/s")]
-    for r, target in ((p5, "p99 <= 100 ms"), (p10, "p99 <= 250 ms")):
-        rows.append((f"event->profile p50 / p99 at {r.rate:,.0f}/s", f"{r.profile_p50_s * 1e3:,.0f} / "
+    for key, target in (("500", "p99 <= 100 ms"), ("500+requests", "p99 <= 100 ms"), ("1000", "p99 <= 250 ms")):
+        r = paced[key]
+        at = f"{r.rate:,.0f}/s" + (f" with {r.requests.rate:,.0f} requests/s" if r.requests else "")
+        rows.append((f"event->profile p50 / p99 at {at}", f"{r.profile_p50_s * 1e3:,.0f} / "
                      f"{r.profile_p99_s * 1e3:,.0f} ms", f"of which waiting (fetch + batching) "
                      f"{r.wait_p50_s * 1e3:,.0f} / {r.wait_p99_s * 1e3:,.0f} ms; batch {r.batch_p50_s * 1e3:,.0f}"
                      f" / {r.batch_p99_s * 1e3:,.0f} ms", "-", target))
-        rows.append((f"batch stages at {r.rate:,.0f}/s, mean / p99 ms", stage_text(r.stages), "-", "-", "-"))
+        rows.append((f"batch stages at {at}, mean / p99 ms", stage_text(r.stages), "-", "-", "-"))
     if req is not None:
         rows.append((f"GET recommendations p50 / p99 at {req.rate:.0f}/s while ingesting 500/s",
                      f"{req.p50_s * 1e3:,.1f} / {req.p99_s * 1e3:,.1f} ms", f"{req.ok}/{req.sent} answered 200",
@@ -248,7 +253,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
              ("worker RSS at the end", f"{rss_end / 2**20:,.0f} MiB", "-", "-", "<= 1,430 MiB")]
     return {"events": user_events, "worker_events_per_s": rate, "warm_events_per_s": warm_rate,
             "raw_consumer_events_per_s": raw_rate, "rss_bytes": rss, "rss_end_bytes": rss_end,
-            "paced": {str(k): dataclasses.asdict(v) for k, v in paced.items()}, "rows": rows}
+            "paced": {k: dataclasses.asdict(v) for k, v in paced.items()}, "rows": rows}
 
 
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:

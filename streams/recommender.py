@@ -201,13 +201,16 @@ class Recommender:
         vals, idx = top_k(scores, min(k, n_ok), exclude)
         contrib = self.ranker.contributions(sig.features[idx[0]])  # only the rows shown
         out = []
+        events_once: dict = {}  # the user's event vectors, computed for the first item that needs them
         for j, (score, row) in enumerate(zip(vals[0].tolist(), idx[0].tolist())):
-            because = self._because(state, sig, contrib[j], row)
+            because = self._because(state, sig, contrib[j], row, events_once)
             out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
         return out
 
-    def _because(self, state: ProfileState | None, sig: Signals, contrib: torch.Tensor, row: int) -> list[dict]:
-        """The signal that adds most to this item's score, said in words."""
+    def _because(self, state: ProfileState | None, sig: Signals, contrib: torch.Tensor, row: int,
+                 events_once: dict | None = None) -> list[dict]:
+        """The signal that adds most to this item's score, said in words. ``events_once``: a dict the
+        caller keeps across the items of one answer, so the user's event vectors are computed once."""
         positive = contrib.clamp_min(0.0)
         total = float(positive.sum())
         if total <= 0.0:
@@ -230,7 +233,10 @@ class Recommender:
         if name in PROFILE_SIGNALS and events:
             from coldstart.streams.processor import event_vectors
 
-            vecs, weights, _, slots = event_vectors(self.model, [state], self.settings.half_life_s)
+            once = events_once if events_once is not None else {}
+            if "vectors" not in once:
+                once["vectors"] = event_vectors(self.model, [state], self.settings.half_life_s)
+            vecs, weights, _, slots = once["vectors"]
             item_vec = self.model.items.matrix()[0][row]
             out = []
             for j, part in top_contributors(vecs, weights, item_vec, k=2):
