@@ -250,6 +250,15 @@ def _nesting_depth(raw: bytes) -> int:
     return deepest
 
 
+def event_id_of(body: dict[str, Any]) -> str:
+    """The event id of a decoded event body as the parsers normalise it (an integer id is its string).
+
+    >>> event_id_of({"event_id": 7})
+    '7'
+    """
+    return _id(body, "event_id")
+
+
 def _id(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if value is None or value == "":

@@ -23,7 +23,11 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-__all__ = ["ActivityGuard", "AnomalyRules", "UserActivity", "bot_reason"]
+__all__ = ["BOT_REASONS", "ActivityGuard", "AnomalyRules", "UserActivity", "bot_reason"]
+
+# The DLQ reasons of a flagged user's events (what every worker's catalog reader keeps out of its
+# statistics, whichever worker flagged the user).
+BOT_REASONS = frozenset({"impossible_rate", "click_flood", "same_item_repeated"})
 
 
 @dataclass(frozen=True)

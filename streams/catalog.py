@@ -1,6 +1,10 @@
 """Every worker's view of the whole catalog: titles from ``catalog.items`` and click evidence
 (popularity, learned item text) from ``events.click``, read from ALL partitions.
 
+It also reads ``events.dlq``: a click dead-lettered because its user behaves like a bot (flagged by the
+worker that owns the user, the only one that sees all of that user's events) is kept out of this
+worker's stream statistics too, or taken back out if this reader counted it first (issue 10).
+
 A group consumer would give each worker only its share of items, but every worker must be able to
 recommend every item. So each worker reads both topics outside any consumer group, from the start of
 retention (``catalog.items`` is compacted: the latest title of every item), and keeps its item index
@@ -11,6 +15,8 @@ Invalid records are skipped here; the ``validate_catalog`` agent dead-letters th
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 
@@ -20,6 +26,7 @@ from coldstart.kafka_security import aiokafka_options
 
 from coldstart.errors import BadEvent
 from coldstart.settings import Settings
+from coldstart.model.anomaly import BOT_REASONS
 from coldstart.model.items import ClickEvidence
 from coldstart import contract
 from coldstart.contract import parse_click, parse_item
@@ -59,7 +66,7 @@ class CatalogReader:
         )
         await consumer.start()
         try:
-            tps = await assign_all_partitions(consumer, (contract.CATALOG, contract.CLICK))
+            tps = await assign_all_partitions(consumer, (contract.CATALOG, contract.CLICK, contract.DLQ))
             end = await consumer.end_offsets(tps)
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -87,10 +94,16 @@ class CatalogReader:
 
     def apply(self, messages) -> None:
         model = self.worker.model
+        stats = self.worker.recommender.stats
         clicks = []
         for msg in messages:
             try:
-                if msg.topic == contract.CATALOG:
+                if msg.topic == contract.DLQ:
+                    event_id = bot_click_id(msg.value)
+                    if event_id is not None:
+                        stats.retract([event_id])
+                        self.worker.metrics.bot_clicks_kept_out.inc()
+                elif msg.topic == contract.CATALOG:
                     item = parse_item(msg.value, msg.key)
                     model.items.upsert(item.item_id, item.title)
                     self.worker.recommender.stats.note_item(item.item_id, item.ts)
@@ -104,6 +117,31 @@ class CatalogReader:
             except BadEvent:
                 continue
         self.clicks_seen += model.items.observe_clicks(clicks)
+
+
+def bot_click_id(raw: bytes | None) -> str | None:
+    """The event id of the click a DLQ record holds when the record says its user behaves like a bot;
+    None for any other record (another reason, a search, an unreadable original).
+
+    >>> import base64, json
+    >>> def record(reason, topic, value):
+    ...     return json.dumps({"reason": reason, "topic": topic,
+    ...                        "value_b64": base64.b64encode(json.dumps(value).encode()).decode()}).encode()
+    >>> bot_click_id(record("click_flood", "events.click", {"event_id": "c7", "user_id": "bot"}))
+    'c7'
+    >>> bot_click_id(record("not_json", "events.click", {"event_id": "c7"})) is None
+    True
+    >>> bot_click_id(b"not a record") is None
+    True
+    """
+    try:
+        record = json.loads(raw or b"")
+        if record.get("reason") not in BOT_REASONS or record.get("topic") != contract.CLICK:
+            return None
+        # The id as the parser made it (an integer id is counted under its string), as stats.observe saw it.
+        return contract.event_id_of(json.loads(base64.b64decode(record["value_b64"])))
+    except (BadEvent, ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 async def assign_all_partitions(consumer: AIOKafkaConsumer, topics) -> list[TopicPartition]:

@@ -49,6 +49,7 @@ class Metrics:
     users_expired: Counter  # issue 8: inactive users' profiles deleted (tombstones in the changelog)
     rocksdb_memory: Gauge  # issue 8: the profile table's RocksDB memory, against its budget
     bot_events_flagged_back: Counter  # issue 10: a newly flagged user's earlier events (the evidence)
+    bot_clicks_kept_out: Counter  # issue 10: bot clicks another worker dead-lettered, kept out here
     ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
     ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
 
@@ -119,6 +120,9 @@ class Metrics:
                 "bot_events_flagged_back_total", "Earlier events of users flagged as bots (the evidence): "
                 "dead-lettered where not applied yet, and taken out of the stream statistics (popularity, "
                 "co-clicks, transitions, query clicks) that other users' recommendations read."),
+            bot_clicks_kept_out=counter(
+                "bot_clicks_kept_out_total", "Clicks dead-lettered as a bot's (by the worker that owns the "
+                "user) that this worker's catalog reader keeps out of its stream statistics."),
             ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
             ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
         )
