@@ -134,8 +134,9 @@ class ActivityGuard:
                 del clicks[min(clicks, key=clicks.__getitem__)]
         if activity.flagged is None:
             activity.flagged = bot_reason(activity, rules)
-            if activity.flagged is not None:
-                self._retract.extend(list(activity.seen)[:-1] if event_id is not None else [])
+            if activity.flagged is not None:  # the evidence: every event before this one
+                earlier = list(activity.seen)
+                self._retract.extend(earlier[:-1] if event_id is not None else earlier)
         if activity.flagged is not None:
             self.flagged_events[activity.flagged] = self.flagged_events.get(activity.flagged, 0) + 1
         return activity.flagged

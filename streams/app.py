@@ -387,7 +387,7 @@ class Worker:
                 continue
             reason = self.guard and self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
             if reason:  # issue 10: never applied to profiles, popularity or samples; visible in the DLQ
-                await self.dead_letter(BadEvent(reason, f"user {ev.user_id!r} behaves like a bot"), event)
+                await self.dead_letter(bot_event(reason, ev.user_id), event)
                 flagged.append(ev.event_id)
                 continue
             parsed.append((ev, event))
@@ -421,8 +421,7 @@ class Worker:
         keep = []
         for ev, event in parsed:
             if ev.event_id in earlier:
-                await self.dead_letter(BadEvent(self.guard.reason(ev.user_id) or "bot",
-                                                f"user {ev.user_id!r} behaves like a bot"), event)
+                await self.dead_letter(bot_event(self.guard.reason(ev.user_id) or "bot", ev.user_id), event)
             else:
                 keep.append((ev, event))
         await asyncio.get_running_loop().run_in_executor(
@@ -595,6 +594,11 @@ class Worker:
 
 class SystemicFailure(Exception):
     """The batch step fails for every event of a batch alone: the device or a dependency, not the input."""
+
+
+def bot_event(reason: str, user_id: str) -> BadEvent:
+    """The DLQ reason of an event whose user the anomaly guard flagged (``reason``: the rule broken)."""
+    return BadEvent(reason, f"user {user_id!r} behaves like a bot")
 
 
 def internal_error(exc: BaseException) -> BadEvent:
