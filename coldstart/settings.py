@@ -26,6 +26,8 @@ from coldstart.errors import ConfigError
 
 PREFIX = "COLDSTART_"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# The serving encoder's arithmetic (why these two: coldstart/model/encoder.py, where they are run).
+ENCODER_PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +136,9 @@ class Settings:
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     embedding_cache_size: int = 100_000  # (model version, text) -> vector entries
+    # The serving encoder's arithmetic: float32 | bfloat16 (opt-in, measured in model/encoder.py
+    # and the README's performance section; the trainer always trains in float32).
+    encoder_precision: str = "float32"
     # Profiles
     recent_events: int = 20  # per user, bounded
     seen_event_ids: int = 256  # per user, for idempotency under at-least-once redelivery
@@ -231,6 +236,9 @@ class Settings:
         # Checked where it is read, so a typo fails at start-up with the variable's name, not deep in torch.
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"{PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
+        if self.encoder_precision not in ENCODER_PRECISIONS:
+            raise ConfigError(f"{PREFIX}ENCODER_PRECISION={self.encoder_precision!r} is not one of "
+                              f"{', '.join(ENCODER_PRECISIONS)}")
         for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items",
                      "rocksdb_block_cache_mb", "rocksdb_write_buffer_mb"):
             if getattr(self, name) < 1:

@@ -35,15 +35,17 @@ class ServingModel:
              cache_size: int = 100_000, items: ItemIndex | None = None,
              max_items: int = 1_000_000, max_queries: int = 16,
              popularity_half_life_s: float = 3 * 86_400.0,
-             shipped: tuple[list[str], torch.Tensor] | None = None) -> "ServingModel":
+             shipped: tuple[list[str], torch.Tensor] | None = None,
+             precision: str = "float32") -> "ServingModel":
         """Load an encoder and build the item index in its vector space.
 
         ``items``: a snapshot of the serving index (``ItemIndex.copy_metadata``) whose every vector is
         re-encoded here by the new encoder, so old and new vectors never mix. ``shipped``: the
         ``(texts, vectors)`` the version was published with (made by this encoder): an item whose text
-        is among them takes the shipped vector instead of being encoded again.
+        is among them takes the shipped vector instead of being encoded again. ``precision``: the
+        encoder's arithmetic (``Settings.encoder_precision``).
         """
-        encoder = TextEncoder(path, device=device, version=version)
+        encoder = TextEncoder(path, device=device, version=version, precision=precision)
         # A fresh cache per version: entries of another version are useless to this one.
         cache = EmbeddingCache(cache_size)
         if shipped is not None and len(shipped[0]):

@@ -64,7 +64,7 @@ class Worker:
         self.model = model or ServingModel.load(
             path=settings.model_path or None, device=settings.device,
             cache_size=settings.embedding_cache_size, max_items=settings.max_items,
-            max_queries=settings.item_queries)
+            max_queries=settings.item_queries, precision=settings.encoder_precision)
         self.processor = BatchProcessor(settings, self.model)
         # issue 10: bot-like users' events go to the DLQ (reason = the rule) before they are applied.
         self.guard = ActivityGuard() if settings.anomaly_guard else None

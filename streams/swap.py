@@ -173,4 +173,5 @@ def build_version(registry, version: str, settings: Settings, snapshot) -> Servi
     # The version's own item vectors stand in for encoding the same texts again (one vector space).
     shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
     return ServingModel.load(path=loaded.path, device=settings.device, version=loaded.version,
-                             cache_size=settings.embedding_cache_size, items=snapshot, shipped=shipped)
+                             cache_size=settings.embedding_cache_size, items=snapshot, shipped=shipped,
+                             precision=settings.encoder_precision)

@@ -53,7 +53,8 @@ class InProcessPipeline:
             torch.set_num_threads(settings.torch_threads)
         self.model = ServingModel.load(path=settings.model_path or None, device=settings.device,
                                        cache_size=settings.embedding_cache_size, max_items=settings.max_items,
-                                       max_queries=settings.item_queries)
+                                       max_queries=settings.item_queries,
+                                       precision=settings.encoder_precision)
         self.processor = BatchProcessor(settings, self.model)
         self.recommender = Recommender(settings, self.model)
         self.processor.click_hook = self.recommender.learn_clicks

@@ -96,6 +96,24 @@ def test_forward_pooled_has_grad_and_matches_encode(encoder: TextEncoder) -> Non
     assert torch.allclose(pooled.detach(), encoder.encode(QUERIES[:2]), atol=1e-5)
 
 
+def test_bfloat16_is_float32_within_the_shipped_vector_tolerance(encoder: TextEncoder) -> None:
+    # Opt-in (Settings.encoder_precision): the transformer under bf16 autocast, pooling in float32. The
+    # rows stay float32 unit vectors, each within cos 0.999 of float32's, so a paraphrase still ranks
+    # above an unrelated query.
+    bf16 = TextEncoder(device="cpu", precision="bfloat16")
+    assert bf16.version == encoder.version  # one vector space: the precision is not a model version
+    vecs = bf16.encode(QUERIES)
+    assert vecs.dtype == torch.float32
+    torch.testing.assert_close(vecs.norm(dim=1), torch.ones(len(QUERIES)), atol=1e-5, rtol=0)
+    assert float((vecs * encoder.encode(QUERIES)).sum(dim=1).min()) > 0.999
+    assert float(vecs[0] @ vecs[1]) > float(vecs[0] @ vecs[2])
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="'int8' is not one of float32, bfloat16"):
+        TextEncoder(device="cpu", precision="int8")
+
+
 def test_cache_counts_and_encodes_each_distinct_text_once(encoder: TextEncoder) -> None:
     counting = CountingEncoder.wrap(encoder)
     cache = EmbeddingCache(capacity=16)

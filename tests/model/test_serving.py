@@ -59,6 +59,20 @@ def test_a_swap_takes_the_shipped_vectors_and_encodes_only_the_rest(tmp_path, en
     torch.testing.assert_close(vectors, fresh.items.matrix()[0], atol=1e-5, rtol=0)
 
 
+def test_a_bfloat16_worker_takes_the_float32_trainers_vectors_as_its_own_space(tmp_path, encoder):
+    # The trainer publishes float32 vectors; a worker serving in bfloat16 (issue 11, opt-in) checks them
+    # against its own encoding and must find them within the shipped-vector tolerance, and its own
+    # vectors for the texts not shipped must rank as float32's do.
+    shipped = dict(list(TITLES.items())[:20])
+    loaded = publish(tmp_path, encoder, shipped).load()
+    model = ServingModel.load(path=loaded.path, device="cpu", version=loaded.version, items=serving_index(encoder),
+                              shipped=(loaded.item_texts, loaded.item_vectors), precision="bfloat16")
+    assert model.encoder.precision == "bfloat16" and model.version == loaded.version
+    reference = ServingModel.load(path=loaded.path, device="cpu", version=loaded.version, items=serving_index(encoder))
+    ours, theirs = model.items.matrix()[0][: len(TITLES)], reference.items.matrix()[0][: len(TITLES)]
+    assert float((ours * theirs).sum(dim=1).min()) > 0.999
+
+
 def test_shipped_vectors_another_encoder_made_are_refused(tmp_path, encoder):
     wrong = torch.nn.functional.normalize(torch.randn(len(TITLES), encoder.dim), dim=1)
     loaded = publish(tmp_path, encoder, TITLES, vectors=wrong).load()
