@@ -11,6 +11,7 @@ called from the batch path), so the same features serve and learn.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -165,15 +166,30 @@ class Recommender:
         return out
 
     # ------------------------------------------------------------------------------ learning
+    def teaches(self, event_id: str) -> bool:
+        """Whether this click takes a ranker step: every click for the first ``ranker_dense_steps``
+        steps, then one in ``ranker_learn_every`` by a hash of its id (stable across processes and runs,
+        unlike ``hash``), so the live worker and the in-process evaluation learn from the same clicks.
+
+        >>> r = Recommender.__new__(Recommender)
+        >>> r.settings, r.ranker = Settings(ranker_learn_every=4, ranker_dense_steps=0), LinearRanker()
+        >>> sum(r.teaches(f"c{i}") for i in range(4000))
+        999
+        """
+        s = self.settings
+        return (s.ranker_learn_every <= 1 or self.ranker.steps < s.ranker_dense_steps
+                or zlib.crc32(event_id.encode()) % s.ranker_learn_every == 0)
+
     def learn_clicks(self, events: Sequence[UserEvent], profiles: dict[str, ProfileState]) -> None:
-        """Prequential: each click teaches the ranker with the user's state and the statistics as
-        they were before it (its own count taken out), then joins the statistics."""
+        """Prequential: a click that teaches (:meth:`teaches`) steps the ranker with the user's state
+        and the statistics as they were before it (its own count taken out); every click then joins the
+        statistics."""
         items = self.model.items
         for ev in events:
             if not isinstance(ev, ClickEvent):
                 continue
             row = items.row.get(ev.item_id)
-            if row is not None and bool(items.valid[row]):
+            if row is not None and bool(items.valid[row]) and self.teaches(ev.event_id):
                 with self.stats.excluding(ev.event_id):
                     sig = self.signals(profiles.get(ev.user_id))
                 if bool(sig.valid[row]):

@@ -179,3 +179,21 @@ def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
         scores = recommender.ranker.score(expected)
         ranked = [r.item_id for r in recommender.recommend(state, k=10, exclude_clicked=False)]
         assert ranked == [model.items.ids[i] for i in scores.argsort(descending=True).tolist()]
+
+
+def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_statistics_from_all(model) -> None:
+    # Issue 11: a ranker step reads every signal of every item; past the first steps only the clicks
+    # whose id hashes to 0 mod n take one, while popularity, co-clicks and transitions count every click.
+    import zlib
+
+    settings = Settings(device="cpu", ranker_learn_every=3, ranker_dense_steps=2)
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    items = list(TITLES)
+    clicks = [click(f"u{i % 7}", items[i % len(items)], TS + i) for i in range(40)]
+    apply(processor, recommender, profiles, clicks)
+    by_hash = [c for c in clicks[2:] if zlib.crc32(c.event_id.encode()) % 3 == 0]
+    assert 0 < len(by_hash) < len(clicks) - 2
+    assert recommender.ranker.steps == 2 + len(by_hash)
+    assert recommender.stats.clicks == len(clicks) == recommender.clicks_learned
+    # Every click is counted in popularity, taught or not.
+    assert sum(recommender.stats.pop.values()) > 0 and set(recommender.stats.pop) == set(items)
