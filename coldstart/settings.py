@@ -26,8 +26,6 @@ from coldstart.errors import ConfigError
 
 PREFIX = "COLDSTART_"
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-# The serving encoder's arithmetic (why these two: coldstart/model/encoder.py, where they are run).
-ENCODER_PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,9 +241,11 @@ class Settings:
         # Checked where it is read, so a typo fails at start-up with the variable's name, not deep in torch.
         if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"{PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
-        if self.encoder_precision not in ENCODER_PRECISIONS:
+        from coldstart.model.precisions import PRECISIONS  # the model layer owns the names
+
+        if self.encoder_precision not in PRECISIONS:
             raise ConfigError(f"{PREFIX}ENCODER_PRECISION={self.encoder_precision!r} is not one of "
-                              f"{', '.join(ENCODER_PRECISIONS)}")
+                              f"{', '.join(PRECISIONS)}")
         for name in ("partitions", "batch_size", "recent_events", "seen_event_ids", "max_items", "ranker_learn_every",
                      "rocksdb_block_cache_mb", "rocksdb_write_buffer_mb"):
             if getattr(self, name) < 1:

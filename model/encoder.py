@@ -27,17 +27,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
-from coldstart.settings import ENCODER_PRECISIONS  # noqa: E402
+from coldstart.model.precisions import PRECISIONS  # noqa: E402
 
 WEIGHTS_FILE = "model.safetensors"
 
-# The arithmetic a serving encoder runs in (issue 11, CPU encoder options). float32 is the default and
-# the figure of record. bfloat16 runs the transformer under autocast (pooling and the unit rows stay
-# float32): 1.76x the texts/s of float32 on this machine's AVX-512-BF16 cores with every vector within
+# PRECISIONS, the arithmetic a serving encoder runs in (issue 11, CPU encoder options). float32 is the
+# default and the figure of record. bfloat16 runs the transformer under autocast (pooling and the unit
+# rows stay float32): 1.76-1.86x the texts/s of float32 on this machine's AVX-512-BF16 cores with every vector within
 # cos 0.9999 of float32's, so vectors of both precisions are one vector space (the shipped-vector check
 # holds them to 0.999). int8 (dynamic, per channel) was measured and is not offered: 2.3x, but cos 0.97
 # on average (0.91 at worst) and 82% of each query's ten nearest queries kept -- another vector space.
-PRECISIONS = ENCODER_PRECISIONS
 
 
 def default_model_path() -> Path:
