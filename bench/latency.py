@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from coldstart.bench.stack import PROCESSED, histogram_quantiles, merged_scrape, stage_breakdown, wait_total
 from coldstart.local import WorkerProcess
@@ -29,6 +30,9 @@ class PacedResult:
     requests: "RequestResult | None" = None
     # stage -> (mean, p99) seconds per batch (``coldstart_batch_stage_seconds``): where a batch goes
     stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Cores busy over the interval: the workers, this process (producer and request load), the machine.
+    # A worker near 1.0 is held by its GIL; a machine near its core count is saturated whatever the worker.
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +52,7 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
     from coldstart.replay.producer import produce
 
     before = merged_scrape(workers)
+    cpu_before, t_before = cpu_seconds([w.proc.pid for w in workers]), time.monotonic()
     if base_count is None:
         from coldstart.bench.stack import counter_sum
         base_count = counter_sum(before, PROCESSED)
@@ -65,11 +70,29 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
     wait_total(workers, PROCESSED, base_count + len(events), timeout=600)
     # No settling sleep: a batch observes its latencies before its size, which is what PROCESSED sums.
     after = merged_scrape(workers)
+    elapsed = max(time.monotonic() - t_before, 1e-9)
+    cpu = {k: round((v - cpu_before[k]) / elapsed, 2) for k, v in cpu_seconds([w.proc.pid for w in workers]).items()}
     p = histogram_quantiles(before, after, "coldstart_event_to_profile_seconds")
     w = histogram_quantiles(before, after, "coldstart_event_to_batch_seconds")
     b = histogram_quantiles(before, after, "coldstart_batch_seconds")
     return PacedResult(rate, len(events), p[0], p[1], w[0], w[1], b[0], b[1], requests,
-                       stage_breakdown(before, after))
+                       stage_breakdown(before, after), cpu)
+
+
+def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the worker processes (together), of this process, and of the whole machine
+    (every core's non-idle time, from /proc/stat)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    workers = 0.0
+    for pid in worker_pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        workers += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    mine = os.times()
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    busy = sum(int(x) for x in cpu[:8]) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
+    return {"workers": workers, "this_process": mine.user + mine.system, "machine": busy / tick}
 
 
 async def request_load(base_urls: list[str], users: list[str], rate: float, duration: float) -> RequestResult:

@@ -261,6 +261,9 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
                      f"{r.wait_p50_s * 1e3:,.0f} / {r.wait_p99_s * 1e3:,.0f} ms; batch {r.batch_p50_s * 1e3:,.0f}"
                      f" / {r.batch_p99_s * 1e3:,.0f} ms", "-", target))
         rows.append((f"batch stages at {at}, mean / p99 ms", stage_text(r.stages), "-", "-", "-"))
+        rows.append((f"cores busy at {at}", f"worker {r.cpu['workers']:.2f}",
+                     f"load generator {r.cpu['this_process']:.2f}; machine {r.cpu['machine']:.2f} of "
+                     f"{os.cpu_count()}", "-", "-"))
     if req is not None:
         rows.append((f"GET recommendations p50 / p99 at {req.rate:.0f}/s while ingesting 500/s",
                      f"{req.p50_s * 1e3:,.1f} / {req.p99_s * 1e3:,.1f} ms", f"{req.ok}/{req.sent} answered 200",
