@@ -116,7 +116,7 @@ def run_guard(events: Sequence[ReplayEvent], bot_ids: set[str], checkpoints: Seq
         if checker is not None:  # as the worker: a newly flagged user's earlier clicks come back out
             earlier = checker.take_retractions()
             if retract:
-                stats.retract(earlier)
+                stats.retract([event_id for _, event_id in earlier])
         while checkpoints and e.ts >= checkpoints[0]:
             at = checkpoints.pop(0)
             top10.append(sorted(stats.pop, key=lambda item: -stats.popularity(item, at))[:10])

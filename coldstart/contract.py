@@ -35,6 +35,9 @@ SEARCH = "events.search"  # key = user_id
 CLICK = "events.click"  # key = user_id (co-partitioned with SEARCH: one worker owns a user)
 CATALOG = "catalog.items"  # key = item_id, compacted
 DLQ = "events.dlq"
+# Events applied before their user was flagged as a bot, then taken back out of the shared statistics by
+# the worker that owns the user: one FlaggedBack record per flagged user, read by every worker.
+AUDIT = "events.audit"
 SAMPLES = "training.samples"  # key = user_id
 MODEL_VERSIONS = "model.versions"  # compacted; key ANNOUNCE_KEY
 USER_TOPICS = (SEARCH, CLICK)
@@ -378,6 +381,40 @@ class DeadLetter:
     def loads(cls, raw: bytes) -> "DeadLetter":
         body = _record_body(cls, raw)
         return cls(**{f.name: body[f.name] for f in dataclasses.fields(cls) if f.name in body})
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaggedBack:
+    """A user flagged as a bot after some of their events were applied (the evidence builds over 20 or
+    200 events): the owner took those events back out of its stream statistics and item index, and
+    tells every other worker to do the same (their catalog readers had counted the clicks from
+    events.click, and no DLQ record names them: they were applied, not rejected).
+
+    >>> raw = FlaggedBack("impossible_rate", "bot", ("c1", "c2"), 1700000000.0).dumps()
+    >>> FlaggedBack.loads(raw).event_ids
+    ('c1', 'c2')
+    """
+
+    reason: str
+    user_id: str
+    event_ids: tuple[str, ...]
+    flagged_ts: float
+
+    def dumps(self) -> bytes:
+        return _json_bytes(dataclasses.asdict(self))
+
+    @classmethod
+    def loads(cls, raw: bytes | None) -> "FlaggedBack":
+        body = _record_body(cls, raw)
+        ids = body["event_ids"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BadEvent("bad_field", "FlaggedBack.event_ids must be a list of strings")
+        if not isinstance(body["reason"], str) or not isinstance(body["user_id"], str):
+            raise BadEvent("bad_field", "FlaggedBack reason and user_id must be strings")
+        ts = body["flagged_ts"]
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            raise BadEvent("bad_field", "FlaggedBack.flagged_ts must be a number")
+        return cls(body["reason"], body["user_id"], tuple(ids), float(ts))
 
 
 @dataclasses.dataclass(frozen=True)

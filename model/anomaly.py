@@ -108,7 +108,7 @@ class ActivityGuard:
         # The earlier events of users flagged since the last take_retractions(): they passed while the
         # evidence built up (a flood is flagged at its 20th or 200th event) and were applied, so the
         # caller takes them back out of what other users see (popularity, co-clicks, transitions).
-        self._retract: list[str] = []
+        self._retract: list[tuple[str, str]] = []  # (user id, event id)
 
     def observe(self, user_id: str, ts: float, item_id: str | None = None, event_id: str | None = None) -> str | None:
         """Count one event (``item_id`` for a click) and return the reason to flag it, or None.
@@ -136,19 +136,20 @@ class ActivityGuard:
             activity.flagged = bot_reason(activity, rules)
             if activity.flagged is not None:  # the evidence: every event before this one
                 earlier = list(activity.seen)
-                self._retract.extend(earlier[:-1] if event_id is not None else earlier)
+                self._retract.extend((user_id, e) for e in (earlier[:-1] if event_id is not None else earlier))
         if activity.flagged is not None:
             self.flagged_events[activity.flagged] = self.flagged_events.get(activity.flagged, 0) + 1
         return activity.flagged
 
-    def take_retractions(self) -> list[str]:
-        """Event ids of newly flagged users' earlier events (at most the last 256 per user), once each.
+    def take_retractions(self) -> list[tuple[str, str]]:
+        """``(user id, event id)`` of newly flagged users' earlier events (at most the last 256 per
+        user), once each.
 
         >>> guard = ActivityGuard(AnomalyRules(burst_events=3, burst_window_s=10.0))
         >>> [guard.observe("bot", float(t), "i1", f"e{t}") for t in range(4)]
         [None, None, 'impossible_rate', 'impossible_rate']
         >>> guard.take_retractions(), guard.take_retractions()
-        (['e0', 'e1'], [])
+        ([('bot', 'e0'), ('bot', 'e1')], [])
         """
         out, self._retract = self._retract, []
         return out

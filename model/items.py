@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ class ItemIndex:
         # Query -> clicked rows with counts: the query->click memory, mirroring ``queries`` (bounded
         # by it: at most max_queries entries per item).
         self.query_rows: dict[str, dict[int, int]] = {}
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Click id -> (item id, query, time) of what it added, so a click found later to be a bot's can
+        # be taken back out (``retract_clicks``); None for an id retracted before it arrived.
+        self._seen: collections.OrderedDict[str, tuple[str, str | None, float] | None] = collections.OrderedDict()
         self._seen_cap = seen_clicks
         # Rows by whether they have a title, least recently seen first: the eviction order at capacity.
         self._recency: dict[bool, collections.OrderedDict[int, None]] = {
@@ -91,7 +94,7 @@ class ItemIndex:
         if not fresh:
             return 0
         for c in fresh:
-            self._seen[c.event_id] = None
+            self._seen[c.event_id] = None  # what it added is filled in below, once it has a row
         while len(self._seen) > self._seen_cap:
             self._seen.popitem(last=False)
         self._decay_to(max(c.ts for c in fresh))
@@ -103,14 +106,60 @@ class ItemIndex:
             self._touch(row)
             rows.append(row)
             indexed.append(c)
-            if c.query:
-                self._add_query(row, c.query)
+            query = sys.intern(c.query) if c.query else None  # one copy of each text across clicks
+            if query:
+                self._add_query(row, query)
+            if c.event_id in self._seen:  # the index's own id string, not one more copy per click
+                self._seen[c.event_id] = (self.ids[row], query, c.ts)
         if not rows:
             return len(fresh)
         weights = torch.tensor([0.5 ** (max(self.pop_ts - c.ts, 0.0) / self.half_life_s) for c in indexed],
                                device=self.device)
         self.pop.index_add_(0, torch.tensor(rows, device=self.device), weights)
         return len(fresh)
+
+    def retract_clicks(self, event_ids: Iterable[str]) -> int:
+        """Take clicks back out (a user flagged as a bot after they were counted): their query leaves
+        the item's learned text (the vector of an untitled item is rebuilt at the next ``refresh``) and
+        the query->click memory, and their popularity goes. An id not seen yet is kept out when it
+        arrives. Returns the clicks taken out.
+
+        >>> idx = ItemIndex(4, torch.device("cpu"))
+        >>> _ = idx.observe_clicks([ClickEvidence("c1", "a", "halo", 1.0), ClickEvidence("b1", "a", "spam", 1.0)])
+        >>> idx.retract_clicks(["b1", "b2"]), dict(idx.queries[0]), "spam" in idx.query_rows
+        (1, {'halo': 1}, False)
+        >>> idx.observe_clicks([ClickEvidence("b2", "a", "spam", 2.0)]), dict(idx.queries[0])
+        (0, {'halo': 1})
+        """
+        taken = 0
+        for event_id in event_ids:
+            if event_id not in self._seen:
+                self._seen[event_id] = None
+                continue
+            evidence = self._seen[event_id]
+            self._seen[event_id] = None
+            row = self.row.get(evidence[0]) if evidence is not None else None
+            if row is None:  # never indexed, evicted since, or retracted already
+                continue
+            item_id, query, ts = evidence
+            taken += 1
+            self.pop[row] = max(float(self.pop[row]) - 0.5 ** (max(self.pop_ts - ts, 0.0) / self.half_life_s), 0.0)
+            counts = self.queries[row]
+            if query and counts.get(query, 0) > 0:
+                counts[query] -= 1
+                rows = self.query_rows.get(query, {})
+                if counts[query] == 0:
+                    del counts[query]
+                    rows.pop(row, None)
+                    if not rows:
+                        self.query_rows.pop(query, None)
+                else:
+                    rows[row] = counts[query]
+                if not self.titles[row]:
+                    self._changed(row)
+        while len(self._seen) > self._seen_cap:
+            self._seen.popitem(last=False)
+        return taken
 
     def refresh(self, encoder: TextEncoder, cache: EmbeddingCache, limit: int | None = None,
                 only: Iterable[str] | None = None) -> int:

@@ -134,6 +134,7 @@ class Worker:
         user_events = app.topic(*contract.USER_TOPICS, **raw)
         catalog = app.topic(contract.CATALOG, **raw)
         self.dlq_topic = app.topic(contract.DLQ, value_type=bytes, value_serializer="raw")
+        self.audit_topic = app.topic(contract.AUDIT, value_type=bytes, value_serializer="raw")
         self.profiles = app.Table(
             "user_to_profile", key_type=bytes, value_type=bytes, partitions=s.partitions,
             help="user id -> ProfileState (bounded recent events, vector, model version)",
@@ -393,7 +394,7 @@ class Worker:
             parsed.append((ev, event))
             self.stream_time = max(self.stream_time, ev.ts)
         if self.guard is not None and (flagged or self.guard.has_retractions()):
-            parsed = await self.retract_flagged(parsed, flagged)
+            parsed = await self.retract_flagged(parsed, flagged, anchor=batch[-1])
         m.batch_stage_seconds.labels("parse").observe(time.perf_counter() - started)
         if parsed:
             try:
@@ -410,14 +411,28 @@ class Worker:
         self.last_progress = time.monotonic()
         self.lag_at_progress = self.lag_now
 
-    async def retract_flagged(self, parsed: list, flagged: list[str]) -> list:
+    async def retract_flagged(self, parsed: list, flagged: list[str], anchor) -> list:
         """Flag bots back to their first event. A user flagged in this batch had events pass while the
         evidence built up: those of this batch go to the DLQ with the user's reason instead of being
         applied, and those of earlier batches are taken back out of the stream statistics (popularity,
         co-clicks, transitions, query clicks) that every other user's recommendations read. Every
-        flagged id is also kept out of the statistics for good: the catalog reader counts every click
-        of the topic, flagged or not. Returns the events to apply."""
-        earlier = set(self.guard.take_retractions())
+        flagged id is also kept out of the statistics and the item index for good: the catalog reader
+        counts every click of the topic, flagged or not. The events applied in earlier batches are in no
+        DLQ record, so a ``FlaggedBack`` record per user on events.audit (attached to ``anchor``, this
+        batch's last event: flushed before its offset is committed) tells every other worker to take
+        them out too. Returns the events to apply."""
+        taken = self.guard.take_retractions()
+        earlier = {event_id for _, event_id in taken}
+        in_batch = {ev.event_id for ev, _ in parsed}
+        applied: dict[str, list[str]] = {}
+        for user_id, event_id in taken:
+            if event_id not in in_batch:
+                applied.setdefault(user_id, []).append(event_id)
+        for user_id, ids in applied.items():
+            record = contract.FlaggedBack(self.guard.reason(user_id) or "bot", user_id, tuple(ids), time.time())
+            with event_context(anchor):
+                await self.audit_topic.send(key=user_id.encode(), value=record.dumps())
+            self.metrics.events_out.labels(contract.AUDIT).inc()
         keep = []
         for ev, event in parsed:
             if ev.event_id in earlier:
@@ -425,12 +440,18 @@ class Worker:
             else:
                 keep.append((ev, event))
         await asyncio.get_running_loop().run_in_executor(
-            self.batch_executor, self.recommender.stats.retract, list(earlier) + flagged)
+            self.batch_executor, self.retract_clicks, list(earlier) + flagged)
         if earlier:
             self.metrics.bot_events_flagged_back.inc(len(earlier))
             log.warning("flagged %d earlier events of newly flagged users: out of the stream statistics, "
                         "and dead-lettered where not applied yet", len(earlier))
         return keep
+
+    def retract_clicks(self, event_ids: list[str]) -> None:
+        """Take clicks back out of all that other users' recommendations read: the stream statistics
+        and the item index (an untitled item's learned text, the query->click memory). Writer thread."""
+        self.recommender.stats.retract(event_ids)
+        self.model.items.retract_clicks(event_ids)
 
     async def _bisect(self, parsed: list) -> list:
         """Apply ``parsed``, splitting it in halves on failure; returns the ((event, faust event),

@@ -66,7 +66,8 @@ class CatalogReader:
         )
         await consumer.start()
         try:
-            tps = await assign_all_partitions(consumer, (contract.CATALOG, contract.CLICK, contract.DLQ))
+            tps = await assign_all_partitions(consumer, (contract.CATALOG, contract.CLICK, contract.DLQ,
+                                                         contract.AUDIT))
             end = await consumer.end_offsets(tps)
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=2000)
@@ -94,15 +95,17 @@ class CatalogReader:
 
     def apply(self, messages) -> None:
         model = self.worker.model
-        stats = self.worker.recommender.stats
         clicks = []
         for msg in messages:
             try:
                 if msg.topic == contract.DLQ:
                     event_id = bot_click_id(msg.value)
                     if event_id is not None:
-                        stats.retract([event_id])
+                        self.worker.retract_clicks([event_id])
                         self.worker.metrics.bot_clicks_kept_out.inc()
+                elif msg.topic == contract.AUDIT:
+                    # A bot's events that its owner applied before flagging it: out here too.
+                    self.worker.retract_clicks(list(contract.FlaggedBack.loads(msg.value).event_ids))
                 elif msg.topic == contract.CATALOG:
                     item = parse_item(msg.value, msg.key)
                     model.items.upsert(item.item_id, item.title)

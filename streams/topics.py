@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from coldstart.contract import CATALOG, CLICK, DLQ, MODEL_VERSIONS, SAMPLES, SEARCH, USER_TOPICS
+from coldstart.contract import AUDIT, CATALOG, CLICK, DLQ, MODEL_VERSIONS, SAMPLES, SEARCH, USER_TOPICS
 from coldstart.errors import ConfigError, KafkaUnavailable
 from coldstart.settings import Settings
 
@@ -39,6 +39,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # Latest title per item is all a worker needs to rebuild its catalog: compact.
         TopicSpec(CATALOG, settings.partitions, compacted=True),
         TopicSpec(DLQ, 1, retention_ms=4 * week),
+        TopicSpec(AUDIT, 1, retention_ms=4 * week),
         TopicSpec(SAMPLES, settings.partitions, retention_ms=week),
         # Latest announcement per key ("current") is the version to serve: compact.
         TopicSpec(MODEL_VERSIONS, 1, compacted=True),

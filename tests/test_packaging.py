@@ -170,7 +170,7 @@ def test_layers_do_not_import_what_they_must_not(layer: str, forbidden: tuple[st
 def test_topic_names_are_written_once_in_the_contract() -> None:
     from coldstart import contract
 
-    names = {contract.SEARCH, contract.CLICK, contract.CATALOG, contract.DLQ, contract.SAMPLES,
+    names = {contract.SEARCH, contract.CLICK, contract.CATALOG, contract.DLQ, contract.AUDIT, contract.SAMPLES,
              contract.MODEL_VERSIONS}
     written = {m: sorted({n.value for n in ast.walk(ast.parse(module_source(m)))
                           if isinstance(n, ast.Constant) and n.value in names})

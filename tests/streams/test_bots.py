@@ -7,6 +7,8 @@ out of the stream statistics (``coldstart_bot_events_flagged_back_total``): each
 dead-lettered exactly once. Only the worker that owns the bot's partition sees all of its events; the
 other workers' catalog readers count every click of the topic, so they read the DLQ and keep the bot's
 dead-lettered clicks out of their statistics too (``coldstart_bot_clicks_kept_out_total``). What that
+The events the owner had applied before it flagged the bot are in no DLQ record: the owner names
+them in a ``FlaggedBack`` record on events.audit, and every worker takes them out as well. What that
 leaves of popularity and co-clicks on the real logs is measured by ``coldstart bench bots``
 (tests/bench/test_bots.py); the statistics' arithmetic by ``StreamStats.retract``'s doctest.
 """
@@ -91,3 +93,13 @@ def test_a_flagged_bots_clicks_are_dead_lettered_or_taken_back_out_once_on_every
     # The other worker, which never saw the bot's events in its stream, keeps every dead-lettered one
     # out of its statistics (its catalog reader had counted them from events.click).
     assert kept()[1 - owner] == sum(dead()), (kept(), dead())
+    # The item the bot pushed was known only by the bot's query (no title): its learned text went
+    # with the clicks on both workers (the flagged-back ones by the audit record), so it leaves the
+    # item index, and a visitor who searches that query is not shown it, whichever worker owns them
+    # (before, the retracted clicks were out of popularity but still made the item's vector).
+    probe = unique("probe")
+    produce("events.search", probe, {"event_id": unique("s"), "user_id": probe, "ts": now, "query": "halo reach"})
+    group[0].wait_for_events(probe, 1)
+    while pushed_item in [r["item_id"] for r in group[0].recommendations(probe, k=50)["items"]]:
+        assert time.monotonic() < deadline, "the bot's item is still recommended"
+        time.sleep(0.5)
