@@ -151,6 +151,10 @@ class EmbeddingCache:
     All misses of one call go to the encoder in one ``encode`` call, each distinct text once.
     ``hits`` and ``misses`` count texts (a text repeated within a call counts once per occurrence:
     the first as a miss, the rest as hits).
+
+    The vectors live as rows of one matrix (grown by doubling up to ``capacity`` rows), an LRU of keys
+    pointing at them: a row per cached text instead of a tensor per text (~0.4 kB of tensor and
+    allocator overhead each beside 1.5 kB of floats), and a call's hits are one gather.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -159,18 +163,22 @@ class EmbeddingCache:
         self.capacity = capacity
         self.hits = 0
         self.misses = 0
-        self._rows: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
+        self._slot: OrderedDict[tuple[str, str], int] = OrderedDict()  # key -> row of _slab, LRU first
+        self._slab: torch.Tensor | None = None  # [rows, dim], allocated at the first store
+        self._used = 0  # rows of _slab ever handed out (rows below it are in _slot)
         # The worker's writer thread (batches) and the event loop (recommendations) share one cache.
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._slot)
 
     def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._rows
+        return key in self._slot
 
     def clear(self) -> None:
-        self._rows.clear()
+        with self._lock:
+            self._slot.clear()
+            self._slab, self._used = None, 0
 
     def seed(self, version: str, texts: Sequence[str], vectors: torch.Tensor) -> None:
         """Put vectors made elsewhere by ``version`` (the ones a registry version ships) in the cache."""
@@ -184,45 +192,74 @@ class EmbeddingCache:
         if n == 0:
             return torch.empty(0, encoder.dim, dtype=torch.float32, device=encoder.device)
         version = encoder.version
-        rows = self._rows
-        found: dict[str, torch.Tensor] = {}
-        missing: list[str] = []
-        with self._lock:  # bookkeeping only: the encoder runs outside the lock
-            for text in texts:
-                if text in found:
-                    continue
+        missing: dict[str, int] = {}  # text -> its row in the encoder's output
+        hit_at: list[int] = []  # positions in the output answered from the cache ...
+        hit_rows: list[int] = []  # ... and their rows of the slab
+        miss_at: list[int] = []
+        miss_of: list[int] = []
+        out = None
+        with self._lock:  # bookkeeping and the gather only: the encoder runs outside the lock
+            slots = self._slot
+            for i, text in enumerate(texts):
                 key = (version, text)
-                vec = rows.get(key)
-                if vec is None:
-                    found[text] = None  # type: ignore[assignment]  # placeholder: encoded below
-                    missing.append(text)
+                row = slots.get(key)
+                if row is not None:
+                    slots.move_to_end(key)
+                    hit_at.append(i)
+                    hit_rows.append(row)
                 else:
-                    rows.move_to_end(key)
-                    found[text] = vec
+                    miss_at.append(i)
+                    miss_of.append(missing.setdefault(text, len(missing)))
             self.misses += len(missing)
             self.hits += n - len(missing)
-        if missing:
-            fresh = encoder.encode(missing)
-            if len(missing) == n:
-                self._store(version, missing, fresh)
-                return fresh
-            for text, vec in zip(missing, fresh.unbind(0)):
-                found[text] = vec
-            self._store(version, missing, fresh)
-        if len(found) == n:
-            return torch.stack(list(found.values()))
-        return torch.stack([found[t] for t in texts])
+            if hit_rows:
+                slab = self._slab
+                if not missing:  # every text cached: one gather (a copy: callers may write to it)
+                    return slab[torch.tensor(hit_rows, device=slab.device)]
+                out = torch.empty(n, slab.shape[1], dtype=slab.dtype, device=slab.device)
+                out[torch.tensor(hit_at, device=slab.device)] = slab[torch.tensor(hit_rows, device=slab.device)]
+        fresh = encoder.encode(list(missing))
+        self._store(version, list(missing), fresh)
+        if out is None and len(missing) == n:
+            return fresh
+        if out is None:
+            out = torch.empty(n, fresh.shape[1], dtype=fresh.dtype, device=fresh.device)
+        out[torch.tensor(miss_at, device=out.device)] = fresh[torch.tensor(miss_of, device=fresh.device)]
+        return out
 
     def _store(self, version: str, texts: list[str], vecs: torch.Tensor) -> None:
         with self._lock:
             self._store_locked(version, texts, vecs)
 
     def _store_locked(self, version: str, texts: list[str], vecs: torch.Tensor) -> None:
-        rows = self._rows
-        # Only the newest `capacity` rows can survive; each is cloned so a cached row does not keep
-        # its whole encode batch alive (the memory bound would otherwise be capacity x batch size).
+        if not texts:
+            return
+        slab = self._slab
+        if slab is None or slab.shape[1] != vecs.shape[1] or slab.device != vecs.device:
+            self._slot.clear()  # another width or device: this cache starts afresh
+            slab = self._slab = torch.empty(min(self.capacity, max(1024, len(texts))), vecs.shape[1],
+                                            dtype=torch.float32, device=vecs.device)
+            self._used = 0
+        # Only the newest `capacity` rows can survive a call larger than the cache.
         keep = min(len(texts), self.capacity)
-        for text, vec in zip(texts[-keep:], vecs[-keep:].unbind(0)):
-            rows[(version, text)] = vec.clone()
-        while len(rows) > self.capacity:
-            rows.popitem(last=False)
+        texts, vecs = texts[-keep:], vecs[-keep:]
+        slots = self._slot
+        rows: list[int] = []
+        for text in texts:
+            key = (version, text)
+            row = slots.get(key)
+            if row is not None:  # stored meanwhile by the other thread: overwrite in place
+                slots.move_to_end(key)
+            elif self._used < self.capacity:
+                row = self._used
+                self._used += 1
+            else:
+                _, row = slots.popitem(last=False)  # the least recently used gives up its row
+            slots[key] = row
+            rows.append(row)
+        while self._used > slab.shape[0]:
+            grown = torch.empty(min(self.capacity, slab.shape[0] * 2), slab.shape[1], dtype=slab.dtype,
+                                device=slab.device)
+            grown[: slab.shape[0]] = slab
+            slab = self._slab = grown
+        slab[torch.tensor(rows, device=slab.device)] = vecs.to(slab.dtype)

@@ -152,6 +152,18 @@ def test_cache_capacity_is_lru(encoder: TextEncoder) -> None:
     assert big.shape == (4, 384) and len(cache) == 2
 
 
+def test_cache_rows_reused_after_eviction_hold_their_own_texts_vectors(encoder: TextEncoder) -> None:
+    # The cache keeps its vectors as rows of one matrix: an evicted text's row goes to the next text,
+    # and every answer, hit or miss, mixed in one call and repeated, must be that text's own vector.
+    cache = EmbeddingCache(capacity=3)
+    texts = QUERIES + ["usb hub", "desk lamp"]
+    for start in range(len(texts)):
+        cache.encode(encoder, texts[start:start + 2])
+    mixed = [texts[-1], texts[0], texts[-1], texts[-2], texts[1]]
+    torch.testing.assert_close(cache.encode(encoder, mixed), encoder.encode(mixed), atol=1e-6, rtol=0)
+    assert len(cache) == 3
+
+
 def test_cache_keys_on_model_version(encoder: TextEncoder) -> None:
     cache = EmbeddingCache(capacity=8)
     old = CountingEncoder.wrap(encoder, version="v0001")
