@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from coldstart.bench.stack import PROCESSED, histogram_quantiles, merged_scrape, stage_breakdown, wait_total
+from coldstart.bench.stack import (PROCESSED, histogram_quantiles, machine_busy_seconds, merged_scrape,
+                                   process_cpu_seconds, stage_breakdown, wait_total)
 from coldstart.local import WorkerProcess
 
 
@@ -81,52 +81,9 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
 
 def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
     """CPU seconds so far of the worker processes (together), of this process, and of the whole machine
-    (every core's non-idle time, from /proc/stat)."""
+    (every core's non-idle time)."""
     import os
 
-    tick = os.sysconf("SC_CLK_TCK")
-    workers = 0.0
-    for pid in worker_pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        workers += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     mine = os.times()
-    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    busy = sum(int(x) for x in cpu[:8]) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
-    return {"workers": workers, "this_process": mine.user + mine.system, "machine": busy / tick}
-
-
-async def request_load(base_urls: list[str], users: list[str], rate: float, duration: float) -> RequestResult:
-    """GET /users/{id}/recommendations for real user ids at a fixed rate (open loop: a slow answer
-    does not slow the schedule), round-robin over the workers; client-side latency quantiles."""
-    import httpx
-
-    latencies: list[float] = []
-    ok = 0
-    sent = 0
-    n = max(1, int(duration * rate))
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
-        async def one(i: int) -> None:
-            nonlocal ok
-            url = f"{base_urls[i % len(base_urls)]}/users/{users[i % len(users)]}/recommendations?k=10"
-            t0 = time.perf_counter()
-            try:
-                resp = await client.get(url)
-                ok += resp.status_code == 200
-            except httpx.HTTPError:
-                pass
-            latencies.append(time.perf_counter() - t0)
-
-        start = time.perf_counter()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-            sent += 1
-        await asyncio.gather(*tasks)
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] if latencies else float("nan")
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
-    return RequestResult(rate, sent, ok, p50, p99)
+    return {"workers": sum(process_cpu_seconds(pid) for pid in worker_pids),
+            "this_process": mine.user + mine.system, "machine": machine_busy_seconds()}

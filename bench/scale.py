@@ -242,15 +242,13 @@ def cpu_snapshot(stack) -> dict[str, float]:
     process (the producer and the polling)."""
     import resource
 
-    tick = os.sysconf("SC_CLK_TCK")
-    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    machine = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait (guest is in user)
+    from coldstart.bench.stack import machine_busy_seconds, process_cpu_seconds
+
+    machine = machine_busy_seconds()
     broker = 0.0
     if stack.kafka is not None:
         try:
-            pid = (Path(stack.kafka.data_dir) / "broker.pid").read_text().strip()
-            stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            broker = (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+            broker = process_cpu_seconds(int((Path(stack.kafka.data_dir) / "broker.pid").read_text().strip()))
         except (OSError, ValueError, IndexError):
             pass
     own = resource.getrusage(resource.RUSAGE_SELF)

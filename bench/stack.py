@@ -5,6 +5,7 @@ from the local toolkit (``coldstart.local``), as for the evaluation.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -120,6 +121,19 @@ def merged_scrape(workers: list[WorkerProcess]) -> dict[str, float]:
         for k, v in w.scrape().items():
             out[k] = out.get(k, 0.0) + v
     return out
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def machine_busy_seconds() -> float:
+    """Every core's non-idle CPU seconds so far (``/proc/stat``: all but idle and iowait; guest is in
+    user)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
