@@ -87,3 +87,14 @@ def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
     mine = os.times()
     return {"workers": sum(process_cpu_seconds(pid) for pid in worker_pids),
             "this_process": mine.user + mine.system, "machine": machine_busy_seconds()}
+
+
+async def request_load(base_urls: list[str], users: list[str], rate: float, duration: float) -> RequestResult:
+    """GET /users/{id}/recommendations for real user ids at ``rate``/s for ``duration`` s, round-robin
+    over the workers (bench.load's open loop: latency from each request's scheduled time)."""
+    from coldstart.bench.load import open_loop, quantile
+
+    urls = [f"{base_urls[i % len(base_urls)]}/users/{user}/recommendations?k=10" for i, user in enumerate(users)]
+    r = await open_loop(urls, rate, duration)
+    latencies = sorted(r.scheduled)
+    return RequestResult(rate, r.sent, r.ok, quantile(latencies, 0.5), quantile(latencies, 0.99))

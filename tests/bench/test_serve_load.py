@@ -102,3 +102,14 @@ def test_a_stalled_client_shows_in_latency_from_the_scheduled_time(server):
     waited_to_send = [s for s, v in zip(r.scheduled, r.service) if s >= 0.2 and v < s - 0.1]
     assert len(waited_to_send) >= 15
     assert sum(v >= 0.25 for v in r.service) <= 3
+
+
+def test_paced_latency_request_load_asks_every_user_at_the_rate(server):
+    # bench stream's "GET while ingesting" row: it once called a helper that a refactor had removed,
+    # and only a full benchmark run found out.
+    from coldstart.bench.latency import request_load
+
+    r = asyncio.run(request_load([server], ["a", "b"], rate=100.0, duration=0.3))
+    assert (r.sent, r.ok) == (30, 30)
+    assert sorted(set(Handler.seen)) == ["/users/a/recommendations?k=10", "/users/b/recommendations?k=10"]
+    assert 0 < r.p50_s <= r.p99_s < 2.0
