@@ -28,10 +28,18 @@ exceed ``max_bytes``, and any segment whose newest ``received_ts`` is older than
 dropped. Age uses ``received_ts`` rather than the event ``ts`` because replays of historical logs carry
 event times years in the past; the newest segment is never dropped for size, so the buffer always holds
 the latest flush. The id set used for de-duplication covers the samples currently held.
+
+Retraction (data governance, issue 10): :meth:`SampleBuffer.retract` takes samples back out, e.g. the
+clicks of a user the workers flagged as a bot after those clicks had been scored (the ``FlaggedBack``
+records of events.audit). The segments holding them are rewritten without them (same atomic write),
+pending ones are dropped, and the ids are kept in ``retracted.jsonl`` (one ``[received_ts, id]`` per
+line, fsynced) so that a retracted sample arriving later (the two topics are not ordered, or Kafka
+redelivers it) is refused by :meth:`add`. Those ids expire with ``max_age_s``, as the samples do.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -51,6 +59,7 @@ from coldstart.model.registry import fsync_path
 SCHEMA = SAMPLE_SCHEMA  # defined once, in the wire contract
 FIELDS = tuple(SCHEMA.names)
 _SEGMENT = re.compile(r"^seg-(\d+)\.parquet$")
+RETRACTED = "retracted.jsonl"
 
 
 @dataclass
@@ -78,14 +87,15 @@ class SampleBuffer:
         self._pending_ids: set[str] = set()
         self._segments: list[_Segment] = []
         self._ids: set[str] = set()
+        self._retracted: dict[str, float] = {}  # sample id -> when it was retracted (wall clock)
         self._open()
 
     # ------------------------------------------------------------------------------------ writes
     def add(self, samples: Iterable[Any], received_ts: float | None = None) -> int:
         """Queue samples (TrainingSample records or mappings) for the next flush; not durable yet.
 
-        Samples whose ``sample_id`` is already held (flushed or pending) are dropped. Returns how many
-        were queued.
+        Samples whose ``sample_id`` is already held (flushed or pending) or was retracted are dropped.
+        Returns how many were queued.
         """
         now = time.time() if received_ts is None else received_ts
         added = 0
@@ -93,7 +103,7 @@ class SampleBuffer:
             for sample in samples:
                 row = _as_row(sample, now)
                 sid = row["sample_id"]
-                if sid in self._ids or sid in self._pending_ids:
+                if sid in self._ids or sid in self._pending_ids or sid in self._retracted:
                     continue
                 self._pending.append(row)
                 self._pending_ids.add(sid)
@@ -113,12 +123,7 @@ class SampleBuffer:
             table = pa.Table.from_pylist(self._pending, schema=SCHEMA)
             seq = (self._segments[-1].seq + 1) if self._segments else 1
             path = self.root / f"seg-{seq:08d}.parquet"
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            _write_atomically(path, table)
             fsync_path(self.root)
             self._segments.append(_describe(path, seq, table))
             self._ids.update(self._pending_ids)
@@ -126,6 +131,42 @@ class SampleBuffer:
             self._pending_ids = set()
             self.evict(now)
             return path
+
+    def retract(self, sample_ids: Iterable[str], now: float | None = None) -> int:
+        """Take ``sample_ids`` out of the buffer for good (durable on return) and refuse them from now on;
+        returns how many held or pending samples were removed."""
+        now = time.time() if now is None else now
+        with self._lock:
+            ids = {sid for sid in sample_ids if sid not in self._retracted}
+            if not ids:
+                return 0
+            with open(self.root / RETRACTED, "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps([now, sid]) + "\n" for sid in sorted(ids))
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._retracted.update(dict.fromkeys(ids, now))
+            removed = len(self._pending_ids & ids)
+            if removed:
+                self._pending = [row for row in self._pending if row["sample_id"] not in ids]
+                self._pending_ids -= ids
+            kept: list[_Segment] = []
+            for seg in self._segments:
+                hit = ids.intersection(seg.ids)
+                if not hit:
+                    kept.append(seg)
+                    continue
+                table = pq.read_table(seg.path, schema=SCHEMA)
+                table = table.filter(pc.invert(pc.is_in(table.column("sample_id"), pa.array(sorted(hit)))))
+                removed += len(hit)
+                self._ids -= hit
+                if table.num_rows:
+                    _write_atomically(seg.path, table)
+                    kept.append(_describe(seg.path, seg.seq, table))
+                else:
+                    seg.path.unlink(missing_ok=True)
+            fsync_path(self.root)
+            self._segments = kept
+            return removed
 
     def evict(self, now: float | None = None) -> list[Path]:
         """Apply the eviction policy; returns the segments removed."""
@@ -146,14 +187,18 @@ class SampleBuffer:
                 else:
                     keep.append(seg)
             self._segments = keep
+            expired = [sid for sid, ts in self._retracted.items() if now - ts > self.max_age_s]
+            if expired:
+                for sid in expired:
+                    del self._retracted[sid]
+                self._write_retracted()
         return removed
 
     # ------------------------------------------------------------------------------------ reads
     def read(self, recent_first: bool = False) -> pa.Table:
         """Every flushed sample, in arrival order, or sorted by event ``ts`` descending."""
-        with self._lock:
-            paths = [s.path for s in self._segments]
-        tables = [pq.read_table(p, schema=SCHEMA) for p in paths]
+        with self._lock:  # read under the lock: a retraction or eviction may rewrite or remove a segment
+            tables = [pq.read_table(s.path, schema=SCHEMA) for s in self._segments]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         if recent_first and table.num_rows:
             table = table.take(pc.sort_indices(table, [("ts", "descending")]))
@@ -189,6 +234,14 @@ class SampleBuffer:
         with self._lock:
             return min((s.oldest_received_ts for s in self._segments), default=None)
 
+    @property
+    def n_retracted(self) -> int:
+        """Retracted ids remembered (refused if they arrive again), until they expire."""
+        return len(self._retracted)
+
+    def was_retracted(self, sample_id: str) -> bool:
+        return sample_id in self._retracted
+
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self._ids
 
@@ -209,6 +262,37 @@ class SampleBuffer:
             seg = _describe(path, seq, table)
             self._segments.append(seg)
             self._ids.update(seg.ids)
+        retracted = self.root / RETRACTED
+        if retracted.exists():
+            text = retracted.read_text(encoding="utf-8")
+            for line in text.splitlines():
+                try:
+                    ts, sid = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a crash mid-append: its retraction was never acknowledged
+                self._retracted[sid] = float(ts)
+            if text and not text.endswith("\n"):
+                self._write_retracted()  # else the next append would join the torn line and be lost
+
+    def _write_retracted(self) -> None:
+        path = self.root / RETRACTED
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps([ts, sid]) + "\n" for sid, ts in self._retracted.items())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_path(self.root)
+
+
+def _write_atomically(path: Path, table: pa.Table) -> None:
+    """``table`` as the Parquet file ``path``: written beside it, fsynced, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _describe(path: Path, seq: int, table: pa.Table) -> _Segment:
@@ -219,6 +303,11 @@ def _describe(path: Path, seq: int, table: pa.Table) -> _Segment:
         newest_received_ts=pc.max(received).as_py(), oldest_received_ts=pc.min(received).as_py(),
         oldest_ts=pc.min(table.column("ts")).as_py(), ids=ids,
     )
+
+
+def sample_id_of(sample: Any) -> str:
+    """The ``sample_id`` of a TrainingSample or of a mapping."""
+    return sample["sample_id"] if isinstance(sample, Mapping) else sample.sample_id
 
 
 def _as_row(sample: Any, received_ts: float) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Loop (one process, one device)::
 
     training.samples ─► poll ─► buffer.add ─► buffer.flush (fsync) ─► commit offsets
+    events.audit     ─┘   (a user flagged as a bot: buffer.retract of the clicks already scored)
                                   every round_every_s, or after round_min_samples new samples:
                                   holdout split ─► fine_tune ─► gate ─► registry.publish ─► model.versions
 
@@ -34,7 +35,7 @@ from coldstart.model.encoder import TextEncoder
 from coldstart.model.registry import Registry
 from coldstart import contract
 from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_uri
-from coldstart.trainer.buffer import SampleBuffer
+from coldstart.trainer.buffer import SampleBuffer, sample_id_of
 from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout, with_context
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
 from coldstart.trainer.rounds import RoundResult, encode_texts, fine_tune
@@ -70,7 +71,8 @@ class TrainerMetrics:
 
         return cls(
             samples_in=counter("trainer_samples_in_total", "Training samples consumed, by result "
-                               "(buffered, duplicate, malformed).", ["result"]),
+                               "(buffered, duplicate, malformed; retracted: taken out or refused because "
+                               "events.audit flagged their user as a bot).", ["result"]),
             loss=gauge("trainer_loss", "Training loss of the last step of the last round."),
             steps=counter("trainer_steps_total", "Optimiser steps taken."),
             samples_per_second=gauge("trainer_samples_per_second", "Training throughput of the last round."),
@@ -130,15 +132,19 @@ class Trainer:
         self._update_buffer_metrics()
 
     # ---------------------------------------------------------------------------- pure (no Kafka)
-    def ingest(self, samples: Iterable[Any]) -> int:
-        """add + flush (durable on return): the offsets of ``samples`` may be committed afterwards."""
+    def ingest(self, samples: Iterable[Any], retracted: Iterable[str] = ()) -> int:
+        """add, retract, flush (durable on return): the offsets of ``samples`` and of the audit records
+        naming ``retracted`` may be committed afterwards."""
         samples = list(samples)
+        removed = self.buffer.retract(retracted)  # first: a sample in the same poll as its retraction is refused
+        refused = sum(1 for sample in samples if self.buffer.was_retracted(sample_id_of(sample)))
         added = self.buffer.add(samples)
         self.buffer.flush()
         crash_point("after_buffer_flush")
-        self.new_since_round += added
+        self.new_since_round = max(0, self.new_since_round + added - removed)
         self.metrics.samples_in.labels("buffered").inc(added)
-        self.metrics.samples_in.labels("duplicate").inc(len(samples) - added)
+        self.metrics.samples_in.labels("duplicate").inc(len(samples) - added - refused)
+        self.metrics.samples_in.labels("retracted").inc(removed + refused)
         self._update_buffer_metrics()
         return added
 
@@ -224,7 +230,7 @@ class Trainer:
 
         s = self.settings
         self._consumer = AIOKafkaConsumer(
-            contract.SAMPLES, bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-trainer",
+            contract.SAMPLES, contract.AUDIT, bootstrap_servers=s.bootstrap_servers, group_id=f"{s.app_id}-trainer",
             client_id=f"{s.app_id}-trainer", enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
@@ -274,24 +280,27 @@ class Trainer:
         if not batches:
             self._update_buffer_metrics()
             return 0
-        samples, offsets, rejected = [], {}, []
+        samples, retracted, offsets, rejected = [], [], {}, []
         for tp, messages in batches.items():
             for msg in messages:
                 try:
-                    samples.append(TrainingSample.loads(msg.value))
+                    if tp.topic == contract.AUDIT:
+                        retracted += contract.FlaggedBack.loads(msg.value).event_ids
+                    else:
+                        samples.append(TrainingSample.loads(msg.value))
                 except BadEvent as exc:
                     # Never skipped silently and never redelivered forever: dead-lettered with the
                     # original bytes, then its offset is committed with the rest.
                     self.metrics.samples_in.labels("malformed").inc()
-                    log.warning("dead-lettering malformed training sample at %s:%d:%d: %s", tp.topic,
+                    log.warning("dead-lettering malformed record at %s:%d:%d: %s", tp.topic,
                                 tp.partition, msg.offset, exc)
                     rejected.append(DeadLetter.of(exc, tp.topic, tp.partition, msg.offset, msg.key,
                                                   msg.value, time.time()))
             offsets[tp] = messages[-1].offset + 1
         for letter in rejected:
             await self._producer.send_and_wait(contract.DLQ, value=letter.dumps())
-        added = await asyncio.to_thread(self.ingest, samples)
-        await self._consumer.commit(offsets)  # only now: the samples are in a flushed segment
+        added = await asyncio.to_thread(self.ingest, samples, retracted)
+        await self._consumer.commit(offsets)  # only now: the samples are in a flushed segment, retractions too
         return added
 
     async def step(self) -> RoundReport | None:

@@ -117,3 +117,40 @@ def test_a_sample_missing_a_field_is_refused(tmp_path: Path) -> None:
     del bad["item_text"]
     with pytest.raises(ValueError, match="item_text"):
         open_buffer(tmp_path).add([bad])
+
+
+def test_retract_rewrites_segments_drops_pending_and_refuses_later_arrivals(tmp_path: Path) -> None:
+    # A bot's clicks scored before it was flagged (events.audit) leave the training data for good.
+    buf = open_buffer(tmp_path)
+    buf.add([make_sample(i) for i in range(4)], received_ts=NOW)
+    buf.flush(now=NOW)
+    buf.add([make_sample(i) for i in range(4, 6)], received_ts=NOW)
+    buf.flush(now=NOW)
+    buf.add([make_sample(6), make_sample(7)], received_ts=NOW)  # pending, not flushed
+    assert buf.retract(["e1", "e4", "e5", "e6", "e99"], now=NOW) == 4  # e99: not here (yet)
+    assert buf.n_segments == 1  # seg 2 held only e4 and e5: removed, not left empty
+    buf.flush(now=NOW)
+    assert sorted(buf.read().column("sample_id").to_pylist()) == ["e0", "e2", "e3", "e7"]
+    assert buf.add([make_sample(1), make_sample(99), make_sample(8)], received_ts=NOW) == 1  # only e8
+    assert buf.retract(["e1"], now=NOW) == 0  # already retracted: nothing to do, nothing appended twice
+
+    again = open_buffer(tmp_path)  # durable: a restarted trainer still refuses them
+    assert sorted(again.read().column("sample_id").to_pylist()) == ["e0", "e2", "e3", "e7"]
+    assert again.n_samples == 4 and "e1" not in again
+    assert again.add([make_sample(4), make_sample(99)], received_ts=NOW) == 0
+    assert again.n_retracted == 5
+
+
+def test_retracted_ids_expire_with_the_buffer_age_and_a_torn_line_loses_nothing_after_it(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path, max_age_s=100.0)
+    buf.retract(["old"], now=NOW)
+    buf.retract(["new"], now=NOW + 150.0)
+    buf.add([make_sample(1)], received_ts=NOW + 160.0)
+    buf.flush(now=NOW + 160.0)  # eviction: "old" was retracted 160 s ago, longer than max_age_s
+    assert (buf.was_retracted("old"), buf.was_retracted("new")) == (False, True)
+    # A crash mid-append leaves a torn last line; the next retraction must not be glued to it.
+    with open(tmp_path / "retracted.jsonl", "a") as fh:
+        fh.write('[1700000170.0, "to')
+    reopened = open_buffer(tmp_path, max_age_s=100.0)
+    reopened.retract(["after"], now=NOW + 170.0)
+    assert {s for s in ("new", "after", "to") if open_buffer(tmp_path, max_age_s=100.0).was_retracted(s)} == {"new", "after"}

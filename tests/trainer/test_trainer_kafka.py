@@ -82,6 +82,52 @@ def test_buffer_survives_restart_without_loss_or_duplicates(kafka_bootstrap, tmp
     assert sorted(ids) == sorted(s.sample_id for s in first + second)
 
 
+
+def test_flagged_bot_samples_leave_the_buffer_and_are_refused_later(kafka_bootstrap, tmp_path):
+    # A bot's clicks scored before the guard flagged it are named on events.audit (FlaggedBack); the
+    # trainer must take them out of its buffer, also when a sample arrives after its FlaggedBack record,
+    # and keep refusing them after a restart.
+    from coldstart.contract import FlaggedBack
+    from coldstart.streams.topics import ensure_topics
+
+    settings = Settings(bootstrap_servers=kafka_bootstrap, partitions=2, app_id=unique("cs-audit"),
+                        buffer_dir=tmp_path / "buffer", registry_uri=str(tmp_path / "registry"))
+    ensure_topics(settings)
+    tag = unique("b")
+    genuine, bot = [sample(i, tag) for i in range(20)], [sample(i, tag) for i in range(20, 30)]
+    send(kafka_bootstrap, genuine + bot[:6])
+    flagged = FlaggedBack("impossible_rate", "bot-user", tuple(s.sample_id for s in bot), time.time())
+
+    async def run() -> Trainer:
+        trainer = Trainer(settings, TrainerSettings(round_min_samples=10_000))
+        await trainer.start()
+        try:
+            deadline = time.monotonic() + 30  # the topic also holds other tests' samples: wait for ours
+            while not all(s.sample_id in trainer.buffer for s in genuine + bot[:6]) and time.monotonic() < deadline:
+                await trainer.poll_once(timeout_s=0.5)
+            producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+            producer.send("events.audit", key=b"bot-user", value=flagged.dumps())
+            producer.flush()
+            producer.close()
+            deadline = time.monotonic() + 30
+            while any(s.sample_id in trainer.buffer for s in bot[:6]) and time.monotonic() < deadline:
+                await trainer.poll_once(timeout_s=0.5)
+            send(kafka_bootstrap, bot[6:] + bot[:2])  # after the audit record, and redelivered ones
+            await drain(trainer, 0, timeout=3.0)
+        finally:
+            await trainer.stop()
+        return trainer
+
+    trainer = asyncio.run(run())
+    held = {sid for sid in trainer.buffer.read().column("sample_id").to_pylist() if sid.startswith(tag)}
+    assert held == {s.sample_id for s in genuine}
+    retracted = trainer.metrics.samples_in.labels("retracted")._value.get()
+    assert retracted >= 6 + 4 + 2  # taken out, then refused on arrival (other tests' bots may add to it)
+    restarted = Trainer(settings, TrainerSettings())
+    assert all(restarted.buffer.was_retracted(s.sample_id) for s in bot) and restarted.buffer.add(bot) == 0
+    assert all(s.sample_id in restarted.buffer for s in genuine)
+
+
 def test_worker_samples_train_a_version_the_worker_then_serves(kafka_bootstrap, tmp_path):
     from coldstart.streams.topics import ensure_topics
 
