@@ -147,14 +147,11 @@ class ItemIndex:
             counts = self.queries[row]
             if query and counts.get(query, 0) > 0:
                 counts[query] -= 1
-                rows = self.query_rows.get(query, {})
                 if counts[query] == 0:
                     del counts[query]
-                    rows.pop(row, None)
-                    if not rows:
-                        self.query_rows.pop(query, None)
+                    self._unlink_query(row, query)
                 else:
-                    rows[row] = counts[query]
+                    self.query_rows.setdefault(query, {})[row] = counts[query]
                 if not self.titles[row]:
                     self._changed(row)
         while len(self._seen) > self._seen_cap:
@@ -310,11 +307,7 @@ class ItemIndex:
         self.evictions[reason] += 1
         del self.row[self.ids[row]]
         for query in self.queries[row]:
-            rows = self.query_rows.get(query)
-            if rows is not None:
-                rows.pop(row, None)
-                if not rows:
-                    del self.query_rows[query]
+            self._unlink_query(row, query)
         self.ids[row] = item_id
         self.row[item_id] = row
         self.titles[row] = None
@@ -350,15 +343,20 @@ class ItemIndex:
             # Bounded: a new query replaces the rarest one (ties: the oldest inserted).
             rarest = min(counts, key=counts.__getitem__)
             del counts[rarest]
-            rows = self.query_rows.get(rarest)
-            if rows is not None:
-                rows.pop(row, None)
-                if not rows:
-                    del self.query_rows[rarest]
+            self._unlink_query(row, rarest)
         counts[query] += 1
         self.query_rows.setdefault(query, {})[row] = counts[query]
         if not self.titles[row]:
             self._changed(row)
+
+    def _unlink_query(self, row: int, query: str) -> None:
+        """``query`` no longer leads to ``row``: out of the query->rows memory (and the query with it
+        when no row is left)."""
+        rows = self.query_rows.get(query)
+        if rows is not None:
+            rows.pop(row, None)
+            if not rows:
+                del self.query_rows[query]
 
     def _decay_to(self, ts: float) -> None:
         if ts <= self.pop_ts:

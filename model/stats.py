@@ -121,17 +121,11 @@ class StreamStats:
     def excluding(self, event_id: str) -> Iterator[None]:
         """Read the statistics as if the click ``event_id`` had not been counted yet."""
         undo = self._undo.get(event_id, [])
-        for table, key, delta in undo:
-            table[key] = table.get(key, 0.0) - delta
-            if table is self.pop:
-                self._mark(key)
+        self._apply(undo, -1.0)
         try:
             yield
         finally:
-            for table, key, delta in undo:
-                table[key] = table.get(key, 0.0) + delta
-                if table is self.pop:
-                    self._mark(key)
+            self._apply(undo, 1.0)
 
     def retract(self, event_ids: Iterable[str]) -> int:
         """Take counted clicks back out for good, and keep clicks not counted yet out (a user flagged as
@@ -155,10 +149,7 @@ class StreamStats:
                 continue
             if not undo:
                 continue
-            for table, key, delta in undo:
-                table[key] = table.get(key, 0.0) - delta
-                if table is self.pop:
-                    self._mark(key)
+            self._apply(undo, -1.0)
             self._undo[event_id] = []  # kept (empty): a redelivery of it is still a duplicate
             removed += 1
         return removed
@@ -191,6 +182,13 @@ class StreamStats:
             if len(table) > self.max_items:
                 table.pop(next(iter(table)))  # bounded: the oldest source item goes
         return row
+
+    def _apply(self, undo: list[tuple[dict, str, float]], sign: float) -> None:
+        """Add (``sign`` 1) or take out (-1) one click's recorded deltas."""
+        for table, key, delta in undo:
+            table[key] = table.get(key, 0.0) + sign * delta
+            if table is self.pop:
+                self._mark(key)
 
     def _add(self, row: dict[str, float], key: str, delta: float, undo: list) -> None:
         if key not in row and row is not self.pop and len(row) >= self.max_neighbours:
