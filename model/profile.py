@@ -90,15 +90,30 @@ def top_contributors(event_vecs: torch.Tensor, weights: torch.Tensor, item_vec: 
     >>> top_contributors(vecs, torch.tensor([3.0, 1.0, 5.0]), torch.tensor([0.6, 0.8]), k=3)
     [(0, 0.692...), (1, 0.307...)]
     """
+    return top_contributors_of_each(event_vecs, weights, item_vec[None], k)[0]
+
+
+def top_contributors_of_each(event_vecs: torch.Tensor, weights: torch.Tensor, item_vecs: torch.Tensor,
+                             k: int = 3) -> list[list[tuple[int, float]]]:
+    """:func:`top_contributors` for each row of ``item_vecs`` ``[m, d]``, in one product (an answer
+    explains its ten items at once).
+
+    >>> vecs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> top_contributors_of_each(vecs, torch.tensor([1.0, 1.0]), torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), k=2)
+    [[(0, 1.0)], []]
+    """
+    m = item_vecs.shape[0]
     if event_vecs.shape[0] == 0 or k <= 0:
-        return []
-    contrib = weights.to(event_vecs.device, event_vecs.dtype) * (event_vecs @ item_vec.to(event_vecs.dtype))
-    positive = contrib.clamp_min(0.0)
-    total = float(positive.sum())
-    if total <= 0.0:
-        return []
-    vals, idx = torch.topk(positive, min(k, positive.shape[0]))
-    return [(int(i), float(v) / total) for v, i in zip(vals.tolist(), idx.tolist()) if v > 0.0]
+        return [[] for _ in range(m)]
+    contrib = weights.to(event_vecs.device, event_vecs.dtype)[:, None] * (event_vecs @ item_vecs.to(event_vecs.dtype).T)
+    positive = contrib.clamp_min(0.0)  # [events, m]
+    totals = positive.sum(dim=0).tolist()
+    vals, idx = torch.topk(positive, min(k, positive.shape[0]), dim=0)
+    out = []
+    for j, (col_vals, col_idx) in enumerate(zip(vals.T.tolist(), idx.T.tolist())):
+        total = totals[j]
+        out.append([(int(i), v / total) for v, i in zip(col_vals, col_idx) if v > 0.0] if total > 0.0 else [])
+    return out
 
 
 SEARCH_PROFILE_WEIGHT = 0.7

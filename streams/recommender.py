@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from coldstart.contract import ClickEvent, UserEvent
-from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors
+from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors_of_each
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
@@ -50,6 +50,8 @@ class Signals:
     valid: torch.Tensor  # [n_items] bool: items with a vector in this version
     query: str | None
     last_item: str | None
+    # event_vectors(...) of the user's events when the signals needed them: explanations reuse them
+    events: tuple | None = None
 
 
 class Recommender:
@@ -81,6 +83,7 @@ class Recommender:
         n_events = state.n_events if state is not None and events else 0
         sig: dict[str, torch.Tensor] = {}
         query = last_item = None
+        user_events = None
         # The dense text signals: every query vector (profile, newest events, last event, pending query,
         # centroid of what followed the last item) in one product with the catalogue, which is read
         # from memory once instead of five times (the products were 90% of a request at 100k items).
@@ -93,7 +96,8 @@ class Recommender:
             slots[name] = slice(start, start + vecs.shape[0])
 
         if events:
-            vecs, weights, owner, _ = event_vectors(model, [state], self.settings.half_life_s)
+            user_events = event_vectors(model, [state], self.settings.half_life_s)
+            vecs, weights, owner, _ = user_events
             if state.vector is not None and state.version == model.version:
                 profile = torch.from_numpy(state.vector).to(model.device)[None]
             else:
@@ -135,7 +139,7 @@ class Recommender:
         pop, sig["newness"] = self._rows.read(items, n, now)
         sig["popularity"] = popularity_scores(pop)
         a = popularity_blend_of(n_events)
-        return Signals(feature_matrix(sig, n_events, a), item_valid, query, last_item)
+        return Signals(feature_matrix(sig, n_events, a), item_valid, query, last_item, user_events)
 
     def _centroid(self, values: dict[str, float], item_vecs: torch.Tensor,
                   item_valid: torch.Tensor) -> torch.Tensor | None:
@@ -215,24 +219,35 @@ class Recommender:
         if n_ok == 0:
             return []
         vals, idx = top_k(scores, min(k, n_ok), exclude)
-        contrib = self.ranker.contributions(sig.features[idx[0]])  # only the rows shown
+        rows = idx[0].tolist()
+        # Explanations for the rows shown, in a few tensor calls for all of them (per item, the small
+        # torch calls were a quarter of a request): each item's strongest positive signal and its share.
+        positive = self.ranker.contributions(sig.features[idx[0]]).clamp_min(0.0)
+        best, strongest = positive.max(dim=1)
+        totals, best, strongest = positive.sum(dim=1).tolist(), best.tolist(), strongest.tolist()
+        events_by_item = None
+        if state is not None and state.events and any(FEATURES[f] in PROFILE_SIGNALS for f in strongest):
+            if sig.events is None:
+                from coldstart.streams.processor import event_vectors
+
+                sig.events = event_vectors(model, [state], self.settings.half_life_s)
+            vecs, weights, _, _ = sig.events
+            events_by_item = top_contributors_of_each(vecs, weights, item_vecs[idx[0]], k=2)
         out = []
-        events_once: dict = {}  # the user's event vectors, computed for the first item that needs them
-        for j, (score, row) in enumerate(zip(vals[0].tolist(), idx[0].tolist())):
-            because = self._because(state, sig, contrib[j], row, events_once)
+        for j, (score, row) in enumerate(zip(vals[0].tolist(), rows)):
+            because = self._because(state, sig, FEATURES[strongest[j]], best[j], totals[j],
+                                    events_by_item[j] if events_by_item is not None else [])
             out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
         return out
 
-    def _because(self, state: ProfileState | None, sig: Signals, contrib: torch.Tensor, row: int,
-                 events_once: dict | None = None) -> list[dict]:
-        """The signal that adds most to this item's score, said in words. ``events_once``: a dict the
-        caller keeps across the items of one answer, so the user's event vectors are computed once."""
-        positive = contrib.clamp_min(0.0)
-        total = float(positive.sum())
+    def _because(self, state: ProfileState | None, sig: Signals, name: str, best: float, total: float,
+                 events_behind: list[tuple[int, float]]) -> list[dict]:
+        """The signal that adds most to this item's score (``name``, adding ``best`` of the positive
+        ``total``), said in words; ``events_behind``: the user's events that pull the item up most
+        (index into ``sig.events``' slots, share), for the profile signals."""
         if total <= 0.0:
             return [_entry("popular", "popular", "popular now", 1.0)]
-        name = FEATURES[int(positive.argmax())]
-        share = round(float(positive.max()) / total, 3)
+        share = round(best / total, 3)
         events = state.events if state is not None else []
         if name in QUERY_SIGNALS and sig.query:
             search = events[-1]
@@ -246,16 +261,10 @@ class Recommender:
         if name == "coclick" and sig.last_item:
             return [_entry("coclick", name, f"people who clicked {sig.last_item} also clicked this", share,
                            item_id=sig.last_item)]
-        if name in PROFILE_SIGNALS and events:
-            from coldstart.streams.processor import event_vectors
-
-            once = events_once if events_once is not None else {}
-            if "vectors" not in once:
-                once["vectors"] = event_vectors(self.model, [state], self.settings.half_life_s)
-            vecs, weights, _, slots = once["vectors"]
-            item_vec = self.model.items.matrix()[0][row]
+        if name in PROFILE_SIGNALS and events and events_behind:
+            slots = sig.events[3]
             out = []
-            for j, part in top_contributors(vecs, weights, item_vec, k=2):
+            for j, part in events_behind:
                 ev = events[slots[j][1]]
                 what = f"you searched {ev.text!r}" if ev.kind == "search" else f"you clicked {ev.item_id}"
                 out.append(_entry(ev.kind, name, f"because {what}", round(share * part, 3),

@@ -164,8 +164,10 @@ def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
     """Issue 11's faster read path (row-indexed statistics, one product for every query vector) ranks
     exactly as the reference, through clicks, searches, a redelivery and clicks being learned."""
     settings = Settings(device="cpu")
+    from coldstart.streams.recommender import PROFILE_SIGNALS
+
     processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
-    items = list(TITLES)
+    items, kinds = list(TITLES), set()
     for u in range(12):
         events = [click(f"s{u}", items[(u + j * 3) % len(items)], TS + 50 * u + j) for j in range(3)]
         if u % 3 == 0:
@@ -177,8 +179,40 @@ def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
         got = recommender.signals(state).features
         assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max(dim=0)
         scores = recommender.ranker.score(expected)
-        ranked = [r.item_id for r in recommender.recommend(state, k=10, exclude_clicked=False)]
-        assert ranked == [model.items.ids[i] for i in scores.argsort(descending=True).tolist()]
+        recs = recommender.recommend(state, k=10, exclude_clicked=False)
+        assert [r.item_id for r in recs] == [model.items.ids[i] for i in scores.argsort(descending=True).tolist()]
+        for r in recs:  # explanations, made for all ten rows at once, as the item-by-item reference says
+            assert r.because == reference_because(recommender, state, expected, model.items.row[r.item_id]), r
+            kinds.update(b["signal"] for b in r.because)
+    assert kinds & PROFILE_SIGNALS, kinds  # the events behind an item were explained
+
+
+def reference_because(recommender: Recommender, state, features: torch.Tensor, row: int) -> list[dict]:
+    """The explanation of one item as it was made item by item (the strongest positive signal; for a
+    profile signal, the two events that pull the item up most)."""
+    from coldstart.model.profile import top_contributors
+    from coldstart.streams.processor import event_vectors
+    from coldstart.streams.recommender import PROFILE_SIGNALS
+
+    positive = recommender.ranker.contributions(features[row][None])[0].clamp_min(0.0)
+    total = float(positive.sum())
+    if total <= 0.0:
+        return [{"event_id": None, "kind": "popular", "signal": "popular", "reason": "popular now", "text": None,
+                 "item_id": None, "share": 1.0}]
+    name, share = FEATURES[int(positive.argmax())], round(float(positive.max()) / total, 3)
+    sig = recommender.signals(state)
+    if name in PROFILE_SIGNALS:
+        vecs, weights, _, slots = event_vectors(recommender.model, [state], recommender.settings.half_life_s)
+        out = []
+        for j, part in top_contributors(vecs, weights, recommender.model.items.matrix()[0][row], k=2):
+            ev = state.events[slots[j][1]]
+            what = f"you searched {ev.text!r}" if ev.kind == "search" else f"you clicked {ev.item_id}"
+            out.append({"event_id": ev.event_id, "kind": ev.kind, "signal": name, "reason": f"because {what}",
+                        "text": ev.text, "item_id": ev.item_id, "share": round(share * part, 3)})
+        if out:
+            return out
+    # the other signals' wording is the recommender's own; here only which signal and its share
+    return [{**entry, "share": share} for entry in recommender._because(state, sig, name, share, 1.0, [])]
 
 
 def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_statistics_from_all(model) -> None:
