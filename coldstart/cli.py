@@ -123,6 +123,8 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
                 None, help="importance | weighted_loss | uniform [COLDSTART_TRAINER_SAMPLING, weighted_loss]"),
             augment: Optional[str] = typer.Option(
                 None, help="cold-item rows: off | pseudo | neighbours | both [COLDSTART_TRAINER_AUGMENT, off]"),
+            precision: Optional[str] = typer.Option(
+                None, help="auto (bfloat16 on CUDA) | float32 | bfloat16 [COLDSTART_TRAINER_PRECISION, auto]"),
             time_budget_s: Optional[float] = typer.Option(
                 None, help="wall-clock bound of one round [COLDSTART_TRAINER_TIME_BUDGET_S, 300]"),
             gate_tolerance: Optional[float] = typer.Option(
@@ -136,7 +138,7 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
     s = _settings(bootstrap_servers=bootstrap_servers, registry_uri=registry_uri, buffer_dir=buffer_dir,
                   device=device, trainer=dict(round_every_s=round_every_s, round_min_samples=round_min_samples,
                                               steps=steps, sampling=sampling, augment=augment,
-                                              time_budget_s=time_budget_s,
+                                              precision=precision, time_budget_s=time_budget_s,
                                               tolerance=gate_tolerance))
     ensure_topics(s)
     console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
@@ -254,7 +256,7 @@ _mount_eval()
 
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
-def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload | serve | scale | bots"),
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload | serve | scale | bots | train"),
           bootstrap_servers: Optional[str] = Bootstrap,
           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here"),

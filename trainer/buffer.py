@@ -149,9 +149,10 @@ class SampleBuffer:
             if removed:
                 self._pending = [row for row in self._pending if row["sample_id"] not in ids]
                 self._pending_ids -= ids
+            held = ids & self._ids  # usually few or none: most segments are not read at all
             kept: list[_Segment] = []
             for seg in self._segments:
-                hit = ids.intersection(seg.ids)
+                hit = held.intersection(seg.ids) if held else None
                 if not hit:
                     kept.append(seg)
                     continue

@@ -176,7 +176,7 @@ class Trainer:
             train = pa.concat_tables([train, added])
         result = fine_tune(self.encoder, train, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                            sampling=cfg.sampling, time_budget_s=cfg.time_budget_s,
-                           seed=cfg.seed + self.rounds_run)
+                           seed=cfg.seed + self.rounds_run, precision=cfg.precision)
         m = self.metrics
         m.steps.inc(result.steps)
         m.samples_per_second.set(result.samples_per_s)
@@ -209,7 +209,8 @@ class Trainer:
                 metrics={"candidate_" + k: v for k, v in candidate.items()}
                 | {"serving_" + k: v for k, v in serving.items()}
                 | {"first_loss": result.first_loss, "last_loss": result.last_loss, "steps": result.steps,
-                   "n_train": train.num_rows, "sampling": cfg.sampling, "augment": cfg.augment},
+                   "n_train": train.num_rows, "sampling": cfg.sampling, "augment": cfg.augment,
+                   "precision": cfg.precision},
             )
             # Train the next round from what was published, loaded back through verification.
             self.encoder, _ = load_encoder(self.registry, version, device=str(self.encoder.device),

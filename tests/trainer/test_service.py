@@ -72,6 +72,24 @@ def test_a_round_that_passes_the_gate_publishes_a_verified_version(make_trainer)
     assert entry["version"] == "v0001" and entry["current"] and entry["uri"].endswith("versions/v0001")
 
 
+def test_the_trainer_precision_setting_reaches_the_round_and_its_manifest(make_trainer, monkeypatch) -> None:
+    import coldstart.trainer.service as service
+
+    asked = []
+    real = service.fine_tune
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "fine_tune", recording)
+    trainer, _ = make_trainer(tolerance=1.0, precision="bfloat16")
+    trainer.ingest(make_samples(24))
+    report = trainer.run_round()
+    assert asked == ["bfloat16"] and report.outcome == "published", report.reason
+    assert trainer.registry.manifest(report.version)["metrics"]["precision"] == "bfloat16"
+
+
 def test_a_round_refused_by_the_gate_publishes_nothing(make_trainer) -> None:
     trainer, prom = make_trainer(tolerance=-1.0)  # the candidate would have to beat serving by 1.0
     trainer.ingest(make_samples(24))
