@@ -20,7 +20,7 @@ __all__ = ["bench_train"]
 
 def bench_train(settings: Settings, *, steps: int = 60, batch_size: int = 32, lr: float = 5e-5,
                 datasets: Sequence[str] = ("bestbuy", "amazon"), precisions: Sequence[str] = ("float32", "bfloat16"),
-                max_length: int = 32, log: Any = print) -> dict:
+                max_length: int = 32, max_train: int = 4000, max_test: int = 1000, log: Any = print) -> dict:
     import torch
 
     from coldstart.bench.importance import holdout_table, load_clicks, prepare, score_samples
@@ -35,7 +35,7 @@ def bench_train(settings: Settings, *, steps: int = 60, batch_size: int = 32, lr
     rows: list[tuple] = []
     for name in datasets:
         clicks, titles = load_clicks(settings, name)
-        prep = prepare(name, clicks, titles, max_train=4000, max_test=1000)
+        prep = prepare(name, clicks, titles, max_train=max_train, max_test=max_test)
         samples, base_items = score_samples(encoder, cache, prep)
         hold = holdout_table(prep)
         base = evaluate(encoder, None, hold, prep.catalog, max_length=max_length, item_vectors=base_items)
