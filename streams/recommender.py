@@ -51,7 +51,7 @@ class Signals:
     query: str | None
     last_item: str | None
     # event_vectors(...) of the user's events when the signals needed them: explanations reuse them
-    events: tuple | None = None
+    event_vectors: tuple | None = None
 
 
 class Recommender:
@@ -227,11 +227,11 @@ class Recommender:
         totals, best, strongest = positive.sum(dim=1).tolist(), best.tolist(), strongest.tolist()
         events_by_item = None
         if state is not None and state.events and any(FEATURES[f] in PROFILE_SIGNALS for f in strongest):
-            if sig.events is None:
+            if sig.event_vectors is None:
                 from coldstart.streams.processor import event_vectors
 
-                sig.events = event_vectors(model, [state], self.settings.half_life_s)
-            vecs, weights, _, _ = sig.events
+                sig.event_vectors = event_vectors(model, [state], self.settings.half_life_s)
+            vecs, weights, _, _ = sig.event_vectors
             events_by_item = top_contributors_of_each(vecs, weights, item_vecs[idx[0]], k=2)
         out = []
         for j, (score, row) in enumerate(zip(vals[0].tolist(), rows)):
@@ -244,7 +244,7 @@ class Recommender:
                  events_behind: list[tuple[int, float]]) -> list[dict]:
         """The signal that adds most to this item's score (``name``, adding ``best`` of the positive
         ``total``), said in words; ``events_behind``: the user's events that pull the item up most
-        (index into ``sig.events``' slots, share), for the profile signals."""
+        (index into ``sig.event_vectors``' slots, share), for the profile signals."""
         if total <= 0.0:
             return [_entry("popular", "popular", "popular now", 1.0)]
         share = round(best / total, 3)
@@ -262,7 +262,7 @@ class Recommender:
             return [_entry("coclick", name, f"people who clicked {sig.last_item} also clicked this", share,
                            item_id=sig.last_item)]
         if name in PROFILE_SIGNALS and events and events_behind:
-            slots = sig.events[3]
+            slots = sig.event_vectors[3]
             out = []
             for j, part in events_behind:
                 ev = events[slots[j][1]]

@@ -71,8 +71,8 @@ class TrainerMetrics:
 
         return cls(
             samples_in=counter("trainer_samples_in_total", "Training samples consumed, by result "
-                               "(buffered, duplicate, malformed; retracted: taken out or refused because "
-                               "events.audit flagged their user as a bot).", ["result"]),
+                               "(buffered, duplicate, malformed: a sample or an audit record dead-lettered; retracted: taken "
+                               "out or refused because events.audit flagged their user as a bot).", ["result"]),
             loss=gauge("trainer_loss", "Training loss of the last step of the last round."),
             steps=counter("trainer_steps_total", "Optimiser steps taken."),
             samples_per_second=gauge("trainer_samples_per_second", "Training throughput of the last round."),
