@@ -134,8 +134,8 @@ class Settings:
     data_dir: Path = Path("var/worker")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    batch_size: int = 512  # events per stream.take_events batch (bounds in-flight work)
-    batch_within_s: float = 0.05  # max wait to fill a batch: the latency floor
+    batch_size: int = 512  # events per batch at most (bounds in-flight work)
+    batch_within_s: float = 0.05  # the longest an event waits for company, counted from its arrival
     session_timeout_s: float = 60.0
     # Model
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights

@@ -34,6 +34,7 @@ from coldstart.settings import Settings
 from coldstart.model.serving import ServingModel
 from coldstart.model.anomaly import ActivityGuard
 from coldstart import contract
+from coldstart.streams.batching import take_batches
 from coldstart.streams.catalog import CatalogReader
 from coldstart.streams.metrics import BATCH_STAGES, Metrics
 from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
@@ -145,9 +146,9 @@ class Worker:
         @app.agent(user_events, name="update_profiles")
         async def update_profiles(stream):
             with self.crash_recorded("update_profiles"):
-                async for batch in stream.take_events(s.batch_size, within=s.batch_within_s):
+                async for batch in take_batches(stream, s.batch_size, within=s.batch_within_s):
                     async with self.batch_lock:
-                        # Never returns before the batch's effect is written: take_events acks the
+                        # Never returns before the batch's effect is written: take_batches acks the
                         # batch when this returns *or raises*, so raising would lose it.
                         await self.handle_batch_until_done(batch)
 
@@ -662,12 +663,12 @@ class PartitionEvent:
 def event_context(event) -> Iterator[None]:
     """Run table reads/writes and sends as if inside this event's iteration.
 
-    ``stream.take_events`` hands over a list of events after they left the per-event context, and
+    ``take_batches`` hands over a list of events after they left the per-event context, and
     Faust's RocksDB store, changelog and send attachments all read the *task-local* current event
     (``faust.streams.current_event()``). Setting that context variable to the user's own event keeps
     every write on the user's partition, and attaches sends to the event so they are flushed before
-    its offset is committed. ``stream.current_event`` is left alone on purpose: take_events' buffering
-    task, parked while we consume the batch, reads it when it resumes.
+    its offset is committed. ``stream.current_event`` is left alone on purpose: take_batches' buffering
+    task reads it for every event it adds to the next batch while we consume this one.
     """
     token = _current_event.set(weakref.ref(event))
     try:
