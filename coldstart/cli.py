@@ -85,6 +85,9 @@ def worker(bootstrap_servers: Optional[str] = Bootstrap,
 
 
 def run_worker(s: Settings, loglevel: str = "info") -> None:
+    from coldstart.memory import limit_malloc_arenas
+
+    limit_malloc_arenas(s.malloc_arenas)  # first: before Faust and torch start their threads
     import faust
 
     from coldstart.streams.app import Worker

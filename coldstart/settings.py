@@ -136,6 +136,7 @@ class Settings:
     web_port: int = 6066
     batch_size: int = 512  # events per batch at most (bounds in-flight work)
     batch_within_s: float = 0.05  # the longest an event waits for company, counted from its arrival
+    malloc_arenas: int = 2  # glibc malloc arenas in a worker (coldstart/memory.py); 0 = glibc's default
     session_timeout_s: float = 60.0
     # Model
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights
@@ -257,6 +258,8 @@ class Settings:
                      "rocksdb_block_cache_mb", "rocksdb_write_buffer_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.malloc_arenas < 0:
+            raise ConfigError(f"{PREFIX}MALLOC_ARENAS must be >= 0 (0 = the C library's default), got {self.malloc_arenas}")
         if self.ranker_dense_steps < 0:
             raise ConfigError(f"{PREFIX}RANKER_DENSE_STEPS must be >= 0, got {self.ranker_dense_steps}")
         if self.ranker_save_every_s <= 0:
