@@ -166,6 +166,8 @@ class Settings:
     # click still joins the stream statistics. Measured in the README's performance section.
     ranker_learn_every: int = 4
     ranker_dense_steps: int = 1000
+    # Learning rate of the ranker's per-item offsets (model/ranker.py, measured there); 0 turns them off.
+    ranker_bias_lr: float = 0.3
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
     max_items: int = 1_000_000
@@ -260,6 +262,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.malloc_arenas < 0:
             raise ConfigError(f"{PREFIX}MALLOC_ARENAS must be >= 0 (0 = the C library's default), got {self.malloc_arenas}")
+        if not 0.0 <= self.ranker_bias_lr <= 10.0:
+            raise ConfigError(f"{PREFIX}RANKER_BIAS_LR must be in [0, 10], got {self.ranker_bias_lr}")
         if self.ranker_dense_steps < 0:
             raise ConfigError(f"{PREFIX}RANKER_DENSE_STEPS must be >= 0, got {self.ranker_dense_steps}")
         if self.ranker_save_every_s <= 0:

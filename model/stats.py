@@ -226,13 +226,16 @@ class RowStats:
     >>> s = StreamStats(popularity_half_life_s=10.0)
     >>> _ = s.observe("e1", "u1", "b", 0.0); s.note_item("a", -10.0)
     >>> class Index: ids, row, evictions, device = ["a", "b", "c"], {"a": 0, "b": 1, "c": 2}, {}, torch.device("cpu")
-    >>> pop, newness = RowStats(s, torch.device("cpu")).read(Index, 3, now=0.0)
-    >>> pop.tolist(), newness.tolist()
-    ([0.0, 1.0, 0.0], [0.5, 1.0, 0.0])
+    >>> pop, newness, offsets = RowStats(s, torch.device("cpu"), offsets={"c": 0.5}).read(Index, 3, now=0.0)
+    >>> pop.tolist(), newness.tolist(), offsets.tolist()
+    ([0.0, 1.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.5])
     """
 
-    def __init__(self, stats: StreamStats, device: torch.device) -> None:
+    def __init__(self, stats: StreamStats, device: torch.device, offsets: dict[str, float] | None = None) -> None:
+        """``offsets``: a third per-item value read by row the same way (the learned ranker's item biases,
+        which its writer marks in ``stats.changed`` after writing them)."""
         self.stats = stats
+        self.offsets_of = offsets if offsets is not None else {}
         self.lock = threading.Lock()
         self._reset(device)
 
@@ -241,15 +244,16 @@ class RowStats:
         self.ids: list[str | None] = []  # the item each row was filled for
         self.pop = torch.zeros(1024, dtype=torch.float64, device=device)
         self.first = torch.full((1024,), math.nan, dtype=torch.float64, device=device)  # nan: never seen
+        self.offsets = torch.zeros(1024, device=device)
         self._index = None
         self._evictions = -1
         self._dropped = -1  # refill every row at the first read
         self._rebases = self.stats.rebases
         self._unsure = False
 
-    def read(self, index, n: int, now: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(popularity counts at event time now, newness at now)`` of rows ``< n``, float32 ``[n]``
-        each: the same values as looking every item up in the statistics' dicts."""
+    def read(self, index, n: int, now: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(popularity counts at event time now, newness at now, offsets)`` of rows ``< n``, float32
+        ``[n]`` each: the same values as looking every item up in the statistics' dicts."""
         stats = self.stats
         with self.lock:
             self._sync(index, n)
@@ -260,7 +264,8 @@ class RowStats:
                 pop = (self.pop[:n] * scale).clamp_min(0.0).float()
             first = self.first[:n]
             newness = torch.pow(0.5, (now - first).clamp_min(0.0) / stats.half_life_s).masked_fill(first.isnan(), 0.0)
-        return pop, newness.float()
+            offsets = self.offsets[:n].clone()
+        return pop, newness.float(), offsets
 
     # ------------------------------------------------------------------------------ internals
     def _sync(self, index, n: int) -> None:
@@ -319,14 +324,18 @@ class RowStats:
         self.pop[at] = torch.tensor([pop.get(i, 0.0) for i in items], dtype=torch.float64, device=self.device)
         self.first[at] = torch.tensor([first_seen.get(i, math.nan) for i in items], dtype=torch.float64,
                                       device=self.device)
+        offsets = self.offsets_of
+        self.offsets[at] = torch.tensor([offsets.get(i, 0.0) for i in items], dtype=torch.float32, device=self.device)
 
     def _grow(self) -> None:
         cap = self.pop.shape[0] * 2
         pop = torch.zeros(cap, dtype=torch.float64, device=self.device)
         first = torch.full((cap,), math.nan, dtype=torch.float64, device=self.device)
+        offsets = torch.zeros(cap, device=self.device)
         pop[: self.pop.shape[0]] = self.pop
         first[: self.first.shape[0]] = self.first
-        self.pop, self.first = pop, first
+        offsets[: self.offsets.shape[0]] = self.offsets
+        self.pop, self.first, self.offsets = pop, first, offsets
 
 
 def log_norm(counts: dict[str, float]) -> dict[str, float]:

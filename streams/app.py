@@ -451,7 +451,7 @@ class Worker:
     def retract_clicks(self, event_ids: list[str]) -> None:
         """Take clicks back out of all that other users' recommendations read: the stream statistics
         and the item index (an untitled item's learned text, the query->click memory). Writer thread."""
-        self.recommender.stats.retract(event_ids)
+        self.recommender.retract(event_ids)
         self.model.items.retract_clicks(event_ids)
 
     async def _bisect(self, parsed: list) -> list:

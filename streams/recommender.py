@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,9 @@ from coldstart.model.serving import ServingModel
 from coldstart.model.stats import RowStats, StreamStats, log_norm
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
+
+# Ranker steps whose bias write can still be taken back (one id and float each: a few MiB).
+BIAS_UNDO_STEPS = 50_000
 
 # max_cos looks at the user's newest events only: each costs a product with the whole catalogue, and a
 # cold-start user (the users this serves first) has no more than this many anyway.
@@ -47,6 +51,7 @@ class Recommendation:
 @dataclasses.dataclass
 class Signals:
     features: torch.Tensor  # [n_items, len(FEATURES)]
+    offsets: torch.Tensor  # [n_items]: the ranker's learned item biases
     valid: torch.Tensor  # [n_items] bool: items with a vector in this version
     query: str | None
     last_item: str | None
@@ -61,8 +66,13 @@ class Recommender:
         self.model = model
         self.stats = stats or StreamStats(popularity_half_life_s=model.items.half_life_s)
         self.ranker = ranker or LinearRanker()
-        self._rows = RowStats(self.stats, model.device)  # popularity and first-seen by index row
+        self.ranker.bias_lr = settings.ranker_bias_lr  # a restored ranker learns at today's setting
+        # popularity, first-seen and the ranker's item biases by index row
+        self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
+        # What each recent step added to its clicked item's bias, by event id, so that a click found to
+        # be a bot's is taken back out of the offsets too (bounded: bots are flagged within a day).
+        self._bias_undo: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -136,10 +146,10 @@ class Recommender:
                 sig[name] = part.max(dim=1).values if name == "max_cos" else part[:, 0]
         now = max((e.ts for e in events), default=stats.newest_ts)
         # Row-indexed statistics kept current by the writer's change log: no per-item Python here.
-        pop, sig["newness"] = self._rows.read(items, n, now)
+        pop, sig["newness"], offsets = self._rows.read(items, n, now)
         sig["popularity"] = popularity_scores(pop)
         a = popularity_blend_of(n_events)
-        return Signals(feature_matrix(sig, n_events, a), item_valid, query, last_item, user_events)
+        return Signals(feature_matrix(sig, n_events, a), offsets, item_valid, query, last_item, user_events)
 
     def _centroid(self, values: dict[str, float], item_vecs: torch.Tensor,
                   item_valid: torch.Tensor) -> torch.Tensor | None:
@@ -197,9 +207,27 @@ class Recommender:
                 with self.stats.excluding(ev.event_id):
                     sig = self.signals(profiles.get(ev.user_id))
                 if bool(sig.valid[row]):
-                    self.ranker.learn_one(sig.features, row, mask=sig.valid)
+                    self.ranker.learn_one(sig.features, row, mask=sig.valid, offsets=sig.offsets,
+                                          item_ids=items.ids)
+                    # the biases written: each request's row read (RowStats) refreshes those rows
+                    self.stats.changed.extend(self.ranker.bias_changed)
+                    if self.ranker.bias_target_delta:
+                        self._bias_undo[ev.event_id] = (ev.item_id, self.ranker.bias_target_delta)
+                        while len(self._bias_undo) > BIAS_UNDO_STEPS:
+                            self._bias_undo.popitem(last=False)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
             self.clicks_learned += 1
+
+    def retract(self, event_ids: Sequence[str]) -> int:
+        """Take clicks back out of what other users' rankings read (a flagged bot's): the statistics'
+        counts and what their steps added to the clicked items' biases. The shared weights keep their
+        steps: a few among thousands, and every user's ranking reads them alike. Writer thread."""
+        for event_id in event_ids:
+            undo = self._bias_undo.pop(event_id, None)
+            if undo is not None:
+                self.ranker.unlearn_bias(*undo)
+                self.stats.changed.append(undo[0])
+        return self.stats.retract(event_ids)
 
     # ------------------------------------------------------------------------------ serving
     def recommend(self, state: ProfileState | None, k: int = 10, exclude_clicked: bool = True) -> list[Recommendation]:
@@ -209,7 +237,7 @@ class Recommender:
         if item_vecs.shape[0] == 0:
             return []
         sig = self.signals(state, view)
-        scores = self.ranker.score(sig.features)[None]
+        scores = self.ranker.score(sig.features, sig.offsets)[None]
         exclude = ~item_valid[None].clone()
         if exclude_clicked and state is not None:
             rows = [r for r in model.items.rows_of(state.clicked_items()) if r < item_vecs.shape[0]]

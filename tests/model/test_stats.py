@@ -103,12 +103,14 @@ def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
 
     s = StreamStats(popularity_half_life_s=10.0)
     index = _Index(["a", "b", "c"])
-    rows = RowStats(s, torch.device("cpu"))
+    offsets = {"b": 0.5}  # the learned ranker's item biases, by item id
+    rows = RowStats(s, torch.device("cpu"), offsets=offsets)
 
     def check(now: float) -> None:
-        pop, new = rows.read(index, len(index.ids), now)
+        pop, new, off = rows.read(index, len(index.ids), now)
         want_pop, want_new = _by_dicts(s, index, now)
         assert pop.tolist() == pytest.approx(want_pop, rel=1e-6) and new.tolist() == pytest.approx(want_new, rel=1e-6)
+        assert off.tolist() == [offsets.get(i, 0.0) for i in index.ids]
 
     _feed(s, [("e1", "u1", "a", 0.0, None), ("e2", "u2", "a", 5.0, None), ("e3", "u1", "b", 6.0, None)])
     check(6.0)
@@ -118,8 +120,11 @@ def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
     with s.excluding("e2"):  # the learned ranker reads a click's own count taken out
         check(7.0)
     check(7.0)
+    offsets["c"] = -1.0; offsets["b"] = 0.25; s.changed.extend(["c", "b"])  # a ranker step writes two biases
+    check(7.0)
+    offsets["a"] = 2.0; s.changed.append("a")
     index.ids.append("d"); index.row["d"] = 3  # a new row, then a row given to another item
-    index.reuse(0, "z")
+    index.reuse(0, "z")  # "z" must not inherit "a"'s bias
     check(8.0)
     _feed(s, [("e5", "u4", "z", 8.0, None)])
     check(8.0)

@@ -178,13 +178,15 @@ def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
         expected = reference_features(recommender, state)
         got = recommender.signals(state).features
         assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max(dim=0)
-        scores = recommender.ranker.score(expected)
+        # the learned item biases by item id, looked up one by one (the read path takes them by row)
+        scores = recommender.ranker.score(expected, recommender.ranker.offsets_of(model.items.ids[:len(expected)]))
         recs = recommender.recommend(state, k=10, exclude_clicked=False)
         assert [r.item_id for r in recs] == [model.items.ids[i] for i in scores.argsort(descending=True).tolist()]
         for r in recs:  # explanations, made for all ten rows at once, as the item-by-item reference says
             assert r.because == reference_because(recommender, state, expected, model.items.row[r.item_id]), r
             kinds.update(b["signal"] for b in r.because)
     assert kinds & PROFILE_SIGNALS, kinds  # the events behind an item were explained
+    assert any(abs(b) > 1e-3 for b in recommender.ranker.item_bias.values())  # biases learned, and ranked with
 
 
 def reference_because(recommender: Recommender, state, features: torch.Tensor, row: int) -> list[dict]:
@@ -231,3 +233,22 @@ def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_sta
     assert recommender.stats.clicks == len(clicks) == recommender.clicks_learned
     # Every click is counted in popularity, taught or not.
     assert sum(recommender.stats.pop.values()) > 0 and set(recommender.stats.pop) == set(items)
+
+
+def test_a_retracted_bot_takes_its_pull_on_the_item_biases_back(model) -> None:
+    """A user hammering one item moves that item's learned bias up for everyone; once the user is
+    flagged and their clicks retracted, the bias is back where the genuine clicks left it."""
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    for u in range(6):
+        apply(processor, recommender, profiles, [click(f"g{u}", "hp", TS + u), click(f"g{u}", "ear", TS + u + 0.5)])
+    before = recommender.ranker.item_bias.get("pan", 0.0)
+    bot = [click("bot", "pan", TS + 100 + j) for j in range(15)]
+    for ev in bot:
+        apply(processor, recommender, profiles, [ev])
+    pushed = recommender.ranker.item_bias["pan"]
+    assert pushed > before + 0.1
+    assert recommender.retract([ev.event_id for ev in bot]) == len(bot)
+    assert recommender.ranker.item_bias["pan"] == pytest.approx(before, abs=1e-6)
+    rows = recommender.signals(profiles["g0"])
+    assert float(rows.offsets[model.items.row["pan"]]) == pytest.approx(before, abs=1e-6)  # as requests read it
