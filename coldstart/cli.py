@@ -88,8 +88,6 @@ def run_worker(s: Settings, loglevel: str = "info") -> None:
     from coldstart.memory import limit_malloc_arenas
 
     limit_malloc_arenas(s.malloc_arenas)  # first: before Faust and torch start their threads
-    import faust
-
     from coldstart.streams.app import Worker
     from coldstart.streams.topics import ensure_topics
 
