@@ -154,6 +154,15 @@ class StreamStats:
             removed += 1
         return removed
 
+    def items_of(self, event_ids: Iterable[str]) -> set[str]:
+        """The items of the counted clicks among ``event_ids`` (from their undo records).
+
+        >>> s = StreamStats(); _ = s.observe("e1", "u", "a", 0.0); _ = s.observe("e2", "u", "b", 1.0)
+        >>> sorted(s.items_of(["e1", "e2", "never"]))
+        ['a', 'b']
+        """
+        return {key for event_id in event_ids for row, key, _ in self._undo.get(event_id, ()) if row is self.pop}
+
     # ------------------------------------------------------------------------------ reads
     def popularity(self, item_id: str, now: float) -> float:
         """Decayed click count of ``item_id`` at event time ``now``."""

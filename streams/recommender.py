@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -26,9 +25,6 @@ from coldstart.model.serving import ServingModel
 from coldstart.model.stats import RowStats, StreamStats, log_norm
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
-
-# Ranker steps whose bias write can still be taken back (one id and float each: a few MiB).
-BIAS_UNDO_STEPS = 50_000
 
 # max_cos looks at the user's newest events only: each costs a product with the whole catalogue, and a
 # cold-start user (the users this serves first) has no more than this many anyway.
@@ -70,9 +66,6 @@ class Recommender:
         # popularity, first-seen and the ranker's item biases by index row
         self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
-        # What each recent step added to its clicked item's bias, by event id, so that a click found to
-        # be a bot's is taken back out of the offsets too (bounded: bots are flagged within a day).
-        self._bias_undo: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
@@ -211,22 +204,14 @@ class Recommender:
                                           item_ids=items.ids)
                     # the biases written: each request's row read (RowStats) refreshes those rows
                     self.stats.changed.extend(self.ranker.bias_changed)
-                    if self.ranker.bias_target_delta:
-                        self._bias_undo[ev.event_id] = (ev.item_id, self.ranker.bias_target_delta)
-                        while len(self._bias_undo) > BIAS_UNDO_STEPS:
-                            self._bias_undo.popitem(last=False)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
             self.clicks_learned += 1
 
     def retract(self, event_ids: Sequence[str]) -> int:
         """Take clicks back out of what other users' rankings read (a flagged bot's): the statistics'
-        counts and what their steps added to the clicked items' biases. The shared weights keep their
-        steps: a few among thousands, and every user's ranking reads them alike. Writer thread."""
-        for event_id in event_ids:
-            undo = self._bias_undo.pop(event_id, None)
-            if undo is not None:
-                self.ranker.unlearn_bias(*undo)
-                self.stats.changed.append(undo[0])
+        counts, and the learned biases of the items clicked, reset (:meth:`LinearRanker.forget_biases`).
+        The shared weights keep their steps: a few among thousands. Writer thread."""
+        self.stats.changed.extend(self.ranker.forget_biases(self.stats.items_of(event_ids)))
         return self.stats.retract(event_ids)
 
     # ------------------------------------------------------------------------------ serving
