@@ -179,9 +179,15 @@ class StreamStats:
         return {k: v for k, v in snapshot(self.query_clicks.get(query, {})).items() if v > 0.0}
 
     # ------------------------------------------------------------------------------ internals
+    def mark_changed(self, item_ids: Iterable[str]) -> None:
+        """Tell row readers that these items' values changed outside the statistics (the ranker's
+        offsets: see :class:`RowStats`). The writer thread, like every other change."""
+        for item_id in item_ids:
+            self._mark(item_id)
+
     def _mark(self, item_id: str) -> None:
         if len(self.changed) == CHANGE_LOG:
-            self.changes_dropped += 1
+            self.changes_dropped += 1  # the log overflowed: the next read refills every row
         self.changed.append(item_id)
 
     def _row(self, table: dict[str, dict[str, float]], key: str) -> dict[str, float]:

@@ -203,7 +203,7 @@ class Recommender:
                     self.ranker.learn_one(sig.features, row, mask=sig.valid, offsets=sig.offsets,
                                           item_ids=items.ids)
                     # the biases written: each request's row read (RowStats) refreshes those rows
-                    self.stats.changed.extend(self.ranker.bias_changed)
+                    self.stats.mark_changed(self.ranker.bias_changed)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
             self.clicks_learned += 1
 
@@ -211,7 +211,7 @@ class Recommender:
         """Take clicks back out of what other users' rankings read (a flagged bot's): the statistics'
         counts, and the learned biases of the items clicked, reset (:meth:`LinearRanker.forget_biases`).
         The shared weights keep their steps: a few among thousands. Writer thread."""
-        self.stats.changed.extend(self.ranker.forget_biases(self.stats.items_of(event_ids)))
+        self.stats.mark_changed(self.ranker.forget_biases(self.stats.items_of(event_ids)))
         return self.stats.retract(event_ids)
 
     # ------------------------------------------------------------------------------ serving

@@ -120,9 +120,9 @@ def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
     with s.excluding("e2"):  # the learned ranker reads a click's own count taken out
         check(7.0)
     check(7.0)
-    offsets["c"] = -1.0; offsets["b"] = 0.25; s.changed.extend(["c", "b"])  # a ranker step writes two biases
+    offsets["c"] = -1.0; offsets["b"] = 0.25; s.mark_changed(["c", "b"])  # a ranker step writes two biases
     check(7.0)
-    offsets["a"] = 2.0; s.changed.append("a")
+    offsets["a"] = 2.0; s.mark_changed(["a"])
     index.ids.append("d"); index.row["d"] = 3  # a new row, then a row given to another item
     index.reuse(0, "z")  # "z" must not inherit "a"'s bias
     check(8.0)
