@@ -295,6 +295,7 @@ class Worker:
     def report_ranker(self) -> None:
         ranker = self.recommender.ranker
         self.metrics.ranker_steps.set(ranker.steps)
+        self.metrics.ranker_item_offsets.set(len(ranker.item_bias))
         for name, weight in zip(FEATURES, ranker.weights.tolist()):
             self.metrics.ranker_weight.labels(name).set(weight)
 

@@ -52,6 +52,7 @@ class Metrics:
     bot_clicks_kept_out: Counter  # issue 10: bot clicks another worker dead-lettered, kept out here
     ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
     ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
+    ranker_item_offsets: Gauge  # issue 9: items with a learned offset (restored across restarts)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -125,4 +126,5 @@ class Metrics:
                 "user) that this worker's catalog reader keeps out of its stream statistics."),
             ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
             ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
+            ranker_item_offsets=gauge("ranker_item_offsets", "Items with a learned offset in the ranker."),
         )

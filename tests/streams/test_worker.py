@@ -313,6 +313,7 @@ def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_p
             time.sleep(0.5)
         assert saved is not None and saved.steps >= learned, why
         assert not torch.allclose(saved.weights, LinearRanker().weights)  # it learned: not the initial blend
+        assert set(saved.item_bias) <= set(items) and any(abs(b) > 1e-4 for b in saved.item_bias.values())
         weights = {f: w.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
     finally:
         w.stop()
@@ -325,5 +326,6 @@ def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_p
         restored = {f: w2.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
         assert restored == pytest.approx(dict(zip(FEATURES, saved.weights.tolist())), abs=1e-6)
         assert restored == pytest.approx(weights, abs=1e-6)
+        assert w2.metric("coldstart_ranker_item_offsets") == len(saved.item_bias)  # the offsets came back too
     finally:
         w2.stop()
