@@ -313,7 +313,8 @@ def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_p
             time.sleep(0.5)
         assert saved is not None and saved.steps >= learned, why
         assert not torch.allclose(saved.weights, LinearRanker().weights)  # it learned: not the initial blend
-        assert set(saved.item_bias) <= set(items) and any(abs(b) > 1e-4 for b in saved.item_bias.values())
+        # the clicked items' offsets were learned (the shared broker's catalogue holds other tests' items too)
+        assert any(abs(saved.item_bias.get(i, 0.0)) > 1e-4 for i in items), saved.item_bias
         weights = {f: w.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
     finally:
         w.stop()
