@@ -9,7 +9,9 @@ vectors would keep the ranking (top-10 overlap with fp32, and score error) — i
 if it does (and bf16, the CPU's fast half-precision path). Beside the blend, in the same run, the
 learned ranker's whole read path (``ranker_request_times``: every signal of every item, statistics from
 50,000 clicks) at the same size, which is what a request costs, the cost of one ``learn_clicks`` call
-(what every ingested click costs the writer thread) and the process's RSS.
+(what every ingested click costs the writer thread) and the process's RSS. And the same read path over
+the candidates of the coarse index (``COLDSTART_ANN_MIN_ITEMS``, model/coarse.py) on clustered and on
+uniformly random vectors, with its top-10 overlap with the path over every item for the same users.
 """
 
 from __future__ import annotations
@@ -28,14 +30,26 @@ from coldstart.model.retrieval import score_items, top_k
 DIM = 384
 
 
-def synthetic_index(n_items: int, device: torch.device, seed: int = 0) -> ItemIndex:
-    """An index with ``n_items`` titled items whose vectors are random unit vectors, popularity Zipf-like."""
+# Clustered vectors: items around topic centres, as titles of similar products are (two items of a topic
+# at cosine ~0.5, of two topics ~0; with MiniLM, titles of one product type sit at 0.5-0.8). Uniformly
+# random unit vectors have no such structure, which no coarse index can use: both are reported.
+TOPICS = 2_000
+TOPIC_NOISE = 1.0 / DIM ** 0.5  # a noise vector of norm ~1 beside a unit centre
+
+
+def synthetic_index(n_items: int, device: torch.device, seed: int = 0, clustered: bool = False) -> ItemIndex:
+    """An index with ``n_items`` titled items whose vectors are random unit vectors (``clustered``: around
+    :data:`TOPICS` random topic centres), popularity Zipf-like."""
     g = torch.Generator().manual_seed(seed)
     index = ItemIndex(DIM, device, max_items=n_items, capacity=n_items)
     for i in range(n_items):
         index.upsert(f"sku-{i}", f"item {i}")
     index._dirty.clear()  # vectors below stand in for the encoder's
-    index.vectors[:n_items] = F.normalize(torch.randn(n_items, DIM, generator=g), dim=1).to(device)
+    vecs = torch.randn(n_items, DIM, generator=g)
+    if clustered:
+        centres = F.normalize(torch.randn(TOPICS, DIM, generator=g), dim=1)
+        vecs = centres[torch.randint(TOPICS, (n_items,), generator=g)] + TOPIC_NOISE * vecs
+    index.vectors[:n_items] = F.normalize(vecs, dim=1).to(device)
     index.valid[:n_items] = True
     index.pop[:n_items] = (1.0 / torch.arange(1, n_items + 1, dtype=torch.float32)).to(device) * 1000
     return index
@@ -99,6 +113,8 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
                   "fp16_top10_overlap": mean_overlap, "fp16_max_score_error": max_err,
                   "fp16_top10_p50_s": half_p50}
         ranker = ranker_request_times(index, min(requests, 100), dev)
+        coarse = coarse_request_times(n, min(requests, 100), dev)
+        out[n]["coarse"] = coarse
         out[n].update({"ranker_top10_p50_s": ranker["p50_s"], "ranker_top10_p99_s": ranker["p99_s"],
                        "ranker_top10_cpu_p50_s": ranker["cpu_p50_s"],
                        "learn_click_p50_s": ranker["learn_click_p50_s"], "rss_bytes": ranker["rss_bytes"],
@@ -113,6 +129,17 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
                  (f"one learn_clicks call (one click) at {n:,} items", f"{ranker['learn_click_p50_s'] * 1e3:.1f} ms",
                   f"{ranker['p50_s'] * 1e3:.1f} ms a request", f"{ranker['learn_click_p50_s'] / ranker['p50_s']:.1f}",
                   "-"),
+                 *[(f"coarse index at {n:,} items, {kind} vectors: ranker top-10 p50 / p99, top-10 overlap",
+                    f"{coarse[kind]['p50_s'] * 1e3:.1f} / {coarse[kind]['p99_s'] * 1e3:.1f} ms, "
+                    f"{coarse[kind]['overlap']:.3f} ({coarse[kind]['candidates']:,.0f} candidates; "
+                    f"built in {coarse[kind]['build_s']:.1f} s)",
+                    f"{coarse[kind]['exact_p50_s'] * 1e3:.1f} / {coarse[kind]['exact_p99_s'] * 1e3:.1f} ms every item",
+                    f"{coarse[kind]['p99_s'] / coarse[kind]['exact_p99_s']:.2f}", "p99 <= 50 ms on CPU at 1M")
+                   for kind in ("clustered", "random")],
+                 (f"coarse index at {n:,} items: one learn_clicks call (candidates + 1,024 sampled rows)",
+                  f"{coarse['clustered']['learn_click_p50_s'] * 1e3:.1f} ms",
+                  f"{coarse['clustered']['exact_learn_click_p50_s'] * 1e3:.1f} ms over every item",
+                  f"{coarse['clustered']['learn_click_p50_s'] / coarse['clustered']['exact_learn_click_p50_s']:.2f}", "-"),
                  (f"memory per item at {n:,} items", f"{per_item:,.0f} B RSS", f"{DIM * 4} B fp32 vector",
                   f"{per_item / (DIM * 4):.2f}", "-"),
                  (f"process RSS at {n:,} items (index + statistics + ranker)", f"{ranker['rss_bytes'] / 2**20:,.0f} MiB",
@@ -141,7 +168,36 @@ def reduced_precision(low: torch.Tensor, profiles: torch.Tensor, vecs: torch.Ten
     return sum(overlaps) / len(overlaps), max_err, _pct(times, 0.5)
 
 
-def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> dict:
+def coarse_request_times(n: int, requests: int, dev: torch.device, clicks: int = 50_000) -> dict:
+    """The learned ranker's read path over the coarse index's candidates (``COLDSTART_ANN_MIN_ITEMS``,
+    model/coarse.py) beside the same path over every item, for the same users, on clustered and on
+    uniformly random vectors: p50 / p99 of each, the time to build the index (train + assign every row),
+    the mean candidates per request and the mean top-10 overlap with every item's ranking."""
+    from coldstart.settings import Settings
+
+    out = {}
+    for kind in ("clustered", "random"):
+        index = synthetic_index(n, dev, seed=2, clustered=kind == "clustered")
+        t = time.perf_counter()
+        while index.maintain_coarse(1, budget=65_536):
+            pass
+        build_s = time.perf_counter() - t
+        exact = ranker_request_times(index, requests, dev, settings=Settings(device=str(dev), ann_min_items=0),
+                                     clicks=clicks)
+        approx = ranker_request_times(index, requests, dev, settings=Settings(device=str(dev), ann_min_items=1),
+                                      clicks=clicks)
+        overlap = [len(set(a) & set(b)) / max(len(a), 1) for a, b in zip(exact["tops"], approx["tops"])]
+        out[kind] = {"p50_s": approx["p50_s"], "p99_s": approx["p99_s"], "exact_p50_s": exact["p50_s"],
+                     "exact_p99_s": exact["p99_s"], "overlap": sum(overlap) / len(overlap),
+                     "candidates": approx["candidates"], "build_s": build_s, "lists": index.coarse.lists,
+                     "learn_click_p50_s": approx["learn_click_p50_s"], "exact_learn_click_p50_s": exact["learn_click_p50_s"]}
+        del index
+        gc.collect()
+    return out
+
+
+def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device, settings=None,
+                         clicks: int = 50_000) -> dict:
     """What ``GET /users/{id}/recommendations`` computes: the learned ranker over all 15 signals of every
     item, for users with 3 clicks on items with stream statistics (transitions, co-clicks, popularity
     for 50,000 clicks), top 10 with an explanation: p50 / p99 wall time, p50 of this thread's CPU time
@@ -158,12 +214,12 @@ def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> 
 
     encoder = TextEncoder(None, device=str(dev))
     model = ServingModel(encoder, EmbeddingCache(10_000), index)
-    settings = Settings(device=str(dev))
+    settings = settings or Settings(device=str(dev))
     recommender = Recommender(settings, model)
     rng = random.Random(0)
     n = len(index.ids)
     hot = [index.ids[rng.randrange(min(n, 20_000))] for _ in range(2_000)]  # a head the clicks land on
-    for i in range(50_000):
+    for i in range(clicks):
         recommender.stats.observe(f"b{i}", f"bu{i % 5_000}", rng.choice(hot), 1_700_000_000.0 + i)
     processor = BatchProcessor(settings, model)
     states = []
@@ -171,14 +227,17 @@ def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> 
         events = [ClickEvent(f"r{u}-{j}", f"ru{u}", 1_700_100_000.0 + j, rng.choice(hot)) for j in range(3)]
         states.append(processor.process(events, {}).profiles[f"ru{u}"])
     recommender.recommend(states[0], k=10)  # warm-up (the first read fills the row statistics)
-    times, cpu = [], []
+    times, cpu, tops, candidates = [], [], [], []
     for state in states:
         t, c = time.perf_counter(), time.thread_time()
-        recommender.recommend(state, k=10)
+        recs = recommender.recommend(state, k=10)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         cpu.append(time.thread_time() - c)
+        tops.append([r.item_id for r in recs])
+        sig = recommender.signals(state)
+        candidates.append(sig.features.shape[0])
     learn = []
     for u, state in enumerate(states[: min(len(states), 30)]):
         click = ClickEvent(f"l{u}", state.user_id, 1_700_100_010.0, rng.choice(hot))
@@ -186,7 +245,8 @@ def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device) -> 
         recommender.learn_clicks([click], {state.user_id: state})
         learn.append(time.perf_counter() - t)
     return {"p50_s": _pct(times, 0.5), "p99_s": _pct(times, 0.99), "cpu_p50_s": _pct(cpu, 0.5),
-            "learn_click_p50_s": _pct(learn, 0.5), "rss_bytes": rss_bytes_self()}
+            "learn_click_p50_s": _pct(learn, 0.5), "rss_bytes": rss_bytes_self(), "tops": tops,
+            "candidates": sum(candidates) / len(candidates)}
 
 
 def _pct(values: list[float], q: float) -> float:

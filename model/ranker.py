@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["BIAS_TOP", "FEATURES", "LinearRanker", "feature_matrix", "initial_weights", "load_ranker", "save_ranker"]
+__all__ = ["FEATURES", "LinearRanker", "feature_matrix", "initial_weights", "load_ranker", "save_ranker"]
 
 FEATURES = (
     "profile_cos_blend",  # (1 - a(n)) * cos(profile, item): today's personal term
@@ -158,6 +158,22 @@ class LinearRanker:
         scores = features @ self.weights.to(features.device)
         return scores if offsets is None else scores + offsets.to(scores.device)
 
+    def item_prior(self, popularity: torch.Tensor, newness: torch.Tensor, offsets: torch.Tensor,
+                   n_events: float, pop_weight: float) -> torch.Tensor:
+        """Each item's score from the signals that do not depend on the user's texts or clicks
+        (popularity, newness, learned offset): with a coarse index, the items best by it are candidates
+        whatever the text says (``pop_weight``: a(n), as in :func:`feature_matrix`).
+
+        >>> r = LinearRanker()
+        >>> r.item_prior(torch.tensor([1.0, 0.0]), torch.zeros(2), torch.tensor([0.0, 2.0]), 0, 1.0).tolist()
+        [5.0, 2.0]
+        """
+        w = self.weights.tolist()
+        logn = math.log1p(max(float(n_events), 0.0))
+        i = FEATURES.index
+        pop_w = w[i("popularity_blend")] * pop_weight + w[i("popularity")] + w[i("popularity_x_logn")] * logn
+        return pop_w * popularity + w[i("newness")] * newness + offsets
+
     def offsets_of(self, item_ids: list[str | None]) -> torch.Tensor:
         """The item biases of ``item_ids`` as a float32 tensor (0 for an item never written or ``None``).
 
@@ -169,15 +185,19 @@ class LinearRanker:
         return torch.tensor([bias.get(i, 0.0) if i is not None else 0.0 for i in item_ids], dtype=torch.float32)
 
     def learn_one(self, features: torch.Tensor, target: int, mask: torch.Tensor | None = None,
-                  offsets: torch.Tensor | None = None, item_ids: list[str | None] | None = None) -> float:
+                  offsets: torch.Tensor | None = None, item_ids: list[str | None] | None = None,
+                  log_weights: torch.Tensor | None = None) -> float:
         """One step on ``-log softmax(score)[target]`` over the candidates (``mask``: rows allowed).
         With ``item_ids`` (each candidate row's item id) the item biases learn too, starting from
         ``offsets`` (the candidates' current biases); :attr:`bias_changed` then names the items written.
-        Returns the loss before the step."""
+        ``log_weights``: log of how many items each row stands for (a sampled softmax: rows drawn from
+        outside a candidate set; their ``item_ids`` are None). Returns the loss before the step."""
         w = self.weights.to(features.device)
         scores = features @ w
         if offsets is not None:
             scores = scores + offsets.to(scores.device)
+        if log_weights is not None:
+            scores = scores + log_weights.to(scores.device)
         if mask is not None:
             scores = scores.masked_fill(~mask.to(features.device), float("-inf"))
         logp = torch.log_softmax(scores, dim=0)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 __all__ = ["item_text_vector", "popularity_scores", "score_items", "top_k"]
 
 
-def popularity_scores(counts: torch.Tensor) -> torch.Tensor:
+def popularity_scores(counts: torch.Tensor, top_count: float | None = None) -> torch.Tensor:
     """``log1p(counts) / log1p(max(counts))`` in ``[0, 1]``; all zeros when nothing was counted.
+    ``top_count``: the catalogue's largest count when ``counts`` are some of its items only.
 
     The log keeps a few blockbuster items from flattening everything else to zero.
 
@@ -24,11 +25,13 @@ def popularity_scores(counts: torch.Tensor) -> torch.Tensor:
     tensor([0.0000, 0.5000, 1.0000])
     >>> popularity_scores(torch.zeros(2))
     tensor([0., 0.])
+    >>> popularity_scores(torch.tensor([1.0]), top_count=3.0)
+    tensor([0.5000])
     """
     logs = torch.log1p(counts.float().clamp_min(0.0))
     if logs.numel() == 0:
         return logs
-    top = logs.max()
+    top = logs.max() if top_count is None else torch.log1p(torch.tensor(max(top_count, 0.0), device=logs.device))
     # Divide by a safe denominator instead of branching on a device scalar (no host sync on the GPU).
     return torch.where(top > 0, logs / top.clamp_min(1e-12), torch.zeros_like(logs))
 

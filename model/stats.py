@@ -241,16 +241,16 @@ class RowStats:
     >>> s = StreamStats(popularity_half_life_s=10.0)
     >>> _ = s.observe("e1", "u1", "b", 0.0); s.note_item("a", -10.0)
     >>> class Index: ids, row, evictions, device = ["a", "b", "c"], {"a": 0, "b": 1, "c": 2}, {}, torch.device("cpu")
-    >>> pop, newness, offsets = RowStats(s, torch.device("cpu"), offsets={"c": 0.5}).read(Index, 3, now=0.0)
-    >>> pop.tolist(), newness.tolist(), offsets.tolist()
-    ([0.0, 1.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.5])
+    >>> pop, newness, offsets, top = RowStats(s, torch.device("cpu"), offsets={"c": 0.5}).read(Index, 3, now=0.0)
+    >>> pop.tolist(), newness.tolist(), offsets.tolist(), top
+    ([0.0, 1.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.5], 1.0)
     """
 
     def __init__(self, stats: StreamStats, device: torch.device, offsets: dict[str, float] | None = None) -> None:
         """``offsets``: a third per-item value read by row the same way (the learned ranker's item biases,
         which its writer marks in ``stats.changed`` after writing them)."""
         self.stats = stats
-        self.offsets_of = offsets if offsets is not None else {}
+        self.item_offsets = offsets if offsets is not None else {}  # item id -> offset, shared with its writer
         self.lock = threading.Lock()
         self._reset(device)
 
@@ -266,21 +266,26 @@ class RowStats:
         self._rebases = self.stats.rebases
         self._unsure = False
 
-    def read(self, index, n: int, now: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(popularity counts at event time now, newness at now, offsets)`` of rows ``< n``, float32
-        ``[n]`` each: the same values as looking every item up in the statistics' dicts."""
+    def read(self, index, n: int, now: float, rows: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """``(popularity counts at event time now, newness at now, offsets, the largest count)`` of rows
+        ``< n`` (or of ``rows`` only: a coarse index's candidates, so the per-row work is theirs, not the
+        catalogue's), float32 each: the same values as looking every item up in the statistics' dicts."""
         stats = self.stats
         with self.lock:
             self._sync(index, n)
-            if stats.pop_origin is None:
-                pop = torch.zeros(n, device=self.device)
+            at = slice(0, n) if rows is None else rows
+            size = n if rows is None else rows.numel()
+            if stats.pop_origin is None or n == 0:
+                pop, top = torch.zeros(size, device=self.device), 0.0
             else:
                 scale = growth((stats.pop_origin - now) / stats.half_life_s)
-                pop = (self.pop[:n] * scale).clamp_min(0.0).float()
-            first = self.first[:n]
+                pop = (self.pop[at] * scale).clamp_min(0.0).float()
+                top = max(float(self.pop[:n].max()) * scale, 0.0)
+            first = self.first[at]
             newness = torch.pow(0.5, (now - first).clamp_min(0.0) / stats.half_life_s).masked_fill(first.isnan(), 0.0)
-            offsets = self.offsets[:n].clone()
-        return pop, newness.float(), offsets
+            offsets = self.offsets[at].clone()
+        return pop, newness.float(), offsets, top
 
     # ------------------------------------------------------------------------------ internals
     def _sync(self, index, n: int) -> None:
@@ -339,7 +344,7 @@ class RowStats:
         self.pop[at] = torch.tensor([pop.get(i, 0.0) for i in items], dtype=torch.float64, device=self.device)
         self.first[at] = torch.tensor([first_seen.get(i, math.nan) for i in items], dtype=torch.float64,
                                       device=self.device)
-        offsets = self.offsets_of
+        offsets = self.item_offsets
         self.offsets[at] = torch.tensor([offsets.get(i, 0.0) for i in items], dtype=torch.float32, device=self.device)
 
     def _grow(self) -> None:

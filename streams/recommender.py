@@ -3,7 +3,9 @@ stream statistics, with an explanation that names the signal (issue 9).
 
 Candidates are every item with a vector in the serving version (a superset of the union of cosine
 top-N, neighbours of the user's last items, query memory and popular items: scoring them all is one
-matrix product at the catalog sizes this serves). The ranker (:mod:`coldstart.model.ranker`) starts
+matrix product up to a few hundred thousand items). From ``ann_min_items`` on, a coarse index
+(:mod:`coldstart.model.coarse`) narrows them to the items near the user's query vectors plus every item
+a statistic names and the best by popularity, newness and offset; the features are the same. The ranker (:mod:`coldstart.model.ranker`) starts
 from today's fixed blend and learns from each click before it is applied (:meth:`Recommender.learn_clicks`,
 called from the batch path), so the same features serve and learn.
 """
@@ -11,6 +13,8 @@ called from the batch path), so the same features serve and learn.
 from __future__ import annotations
 
 import dataclasses
+import math
+import threading
 import zlib
 from collections.abc import Sequence
 
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from coldstart.contract import ClickEvent, UserEvent
+from coldstart.model.coarse import gather_rows
 from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors_of_each
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
@@ -29,6 +34,22 @@ from coldstart.streams.state import ProfileState
 # max_cos looks at the user's newest events only: each costs a product with the whole catalogue, and a
 # cold-start user (the users this serves first) has no more than this many anyway.
 MAX_COS_EVENTS = 5
+
+PRIOR_EVERY_CLICKS = 64  # the prior's candidates are reused until this many more clicks (_prior_rows)
+
+# With a coarse index: rows drawn from outside the candidates into each learning step's softmax (issue 11).
+LEARN_SAMPLE = 1_024
+
+# With a coarse index (issue 11): the items best by popularity, newness and offset that are candidates
+# whatever their text: one in 250 of the catalogue, 100 to 4,000 (at 1,000 the bench's flat head of
+# 2,000 equally popular items lost a tenth of its top 10 at 100k items).
+def prior_candidates(n_items: int) -> int:
+    """
+    >>> prior_candidates(3_000), prior_candidates(200_000), prior_candidates(1_000_000)
+    (100, 800, 4000)
+    """
+    return max(100, min(4_000, n_items // 250))
+
 
 # Signals grouped by what an explanation says about them.
 PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos", "max_cos"}
@@ -46,13 +67,41 @@ class Recommendation:
 
 @dataclasses.dataclass
 class Signals:
-    features: torch.Tensor  # [n_items, len(FEATURES)]
-    offsets: torch.Tensor  # [n_items]: the ranker's learned item biases
-    valid: torch.Tensor  # [n_items] bool: items with a vector in this version
+    features: torch.Tensor  # [n_candidates, len(FEATURES)]
+    offsets: torch.Tensor  # [n_candidates]: the ranker's learned item biases
+    valid: torch.Tensor  # [n_candidates] bool: items with a vector in this version
     query: str | None
     last_item: str | None
     # event_vectors(...) of the user's events when the signals needed them: explanations reuse them
     event_vectors: tuple | None = None
+    # The index rows of the candidates, ascending (a coarse index's, issue 11); None: every row, in order.
+    rows: torch.Tensor | None = None
+    # With ``sample``: log of how many rows each candidate stands for in a step's softmax (0 for a
+    # candidate, log(outside / sampled) for a row drawn from outside them); None: every row is itself.
+    log_weights: torch.Tensor | None = None
+    sampled: torch.Tensor | None = None  # [n_candidates] bool: drawn from outside (no offset is written)
+
+    def row_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """Index rows of candidate positions."""
+        return positions if self.rows is None else self.rows[positions]
+
+    def positions_of(self, rows: list[int]) -> list[int]:
+        """Candidate positions of index rows (rows that are not candidates are left out)."""
+        if self.rows is None or not rows:
+            return list(rows)
+        at = torch.tensor(rows, dtype=torch.long, device=self.rows.device)
+        pos = torch.searchsorted(self.rows, at).clamp_max(self.rows.numel() - 1)
+        return pos[self.rows[pos] == at].tolist()
+
+    def ids(self, all_ids: list[str]) -> list[str | None]:
+        """The item id of every candidate (None for a row sampled from outside the candidates)."""
+        if self.rows is None:
+            return all_ids
+        ids = [all_ids[r] for r in self.rows.tolist()]
+        if self.sampled is not None:
+            for pos in self.sampled.nonzero().flatten().tolist():
+                ids[pos] = None
+        return ids
 
 
 class Recommender:
@@ -66,16 +115,22 @@ class Recommender:
         # popularity, first-seen and the ranker's item biases by index row
         self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
+        self._scratch = threading.local()  # per thread: the candidates' vectors (model/coarse.py gather_rows)
+        self._prior_cache: dict[int, tuple] = {}  # n_events -> ((n, click epoch), index, rows): _prior_rows
 
     def swap(self, model: ServingModel) -> None:
         self.model = model
 
     # ------------------------------------------------------------------------------ features
-    def signals(self, state: ProfileState | None,
-                view: tuple[torch.Tensor, torch.Tensor] | None = None) -> Signals:
-        """Every feature of every item for this user. ``view``: the item matrix the caller already read.
-        A request reads on the event loop while the writer thread may append items, so one view fixes
-        the row count ``n`` and rows added after it are left out, never indexed past it."""
+    def signals(self, state: ProfileState | None, view: tuple[torch.Tensor, torch.Tensor] | None = None,
+                must: list[int] | None = None, sample: int = 0, seed: int = 0) -> Signals:
+        """Every feature of every candidate for this user: every item, or above ``ann_min_items`` the
+        candidates of the coarse index (:meth:`_candidates`; ``must``: rows that must be among them, the
+        clicked item a step learns from; ``sample``: that many rows drawn uniformly from outside them,
+        with ``seed``, for a step's softmax, see :attr:`Signals.log_weights`). ``view``: the item
+        matrix the caller already read. A request
+        reads on the event loop while the writer thread may append items, so one view fixes the row
+        count ``n`` and rows added after it are left out, never indexed past it."""
         from coldstart.streams.processor import event_vectors
 
         model, stats = self.model, self.stats
@@ -84,7 +139,7 @@ class Recommender:
         n = item_vecs.shape[0]
         events = state.events if state is not None else []
         n_events = state.n_events if state is not None and events else 0
-        sig: dict[str, torch.Tensor] = {}
+        sparse: dict[str, dict[str, float]] = {}  # per-item statistics, by item id
         query = last_item = None
         user_events = None
         # The dense text signals: every query vector (profile, newest events, last event, pending query,
@@ -117,32 +172,78 @@ class Recommender:
             if last.kind == "search" and last.text:
                 query = last.text
                 ask("query_cos", model.cache.encode(model.encoder, [query])[:1])
-                sig["query_memory"] = self._dense(log_norm(stats.query_items(query)), n)
+                sparse["query_memory"] = log_norm(stats.query_items(query))
             clicked = state.clicked_items()
             if clicked:
                 last_item = clicked[-1]
                 following = log_norm(stats.neighbours(stats.transitions, last_item))
-                sig["transition"] = self._dense(following, n)
+                sparse["transition"] = following
                 centroid = self._centroid(following, item_vecs, item_valid)
                 if centroid is not None:
                     ask("transition_cos", centroid[None])
-                sig["seen"] = self._dense(dict.fromkeys(clicked, 1.0), n)
+                sparse["seen"] = dict.fromkeys(clicked, 1.0)
                 co: dict[str, float] = {}
                 for item in clicked[-stats.coclick_window:]:
                     for k, v in log_norm(stats.neighbours(stats.coclicks, item)).items():
                         co[k] = co.get(k, 0.0) + v
-                sig["coclick"] = self._dense(co, n) / min(len(clicked), stats.coclick_window)
-        if queries:
-            cos = item_vecs @ torch.cat(queries).T  # [n, m]
+                scale = 1.0 / min(len(clicked), stats.coclick_window)
+                sparse["coclick"] = {k: v * scale for k, v in co.items()}
+        now = max((e.ts for e in events), default=stats.newest_ts)
+        a = popularity_blend_of(n_events)
+        query_vecs = torch.cat(queries) if queries else None
+        rows = log_weights = sampled = None
+        coarse = items.coarse
+        if coarse is not None and self.settings.ann_min_items > 0 and n >= self.settings.ann_min_items:
+            prior = self._prior_rows(items, n, now, n_events, a)
+            rows = self._candidates(coarse, query_vecs, prior, sparse, n, must)
+            if sample:
+                rows, log_weights, sampled = sample_outside(rows, n, sample, seed)
+            # into this thread's reused buffer: requests (event loop) and steps (writer) each have one
+            item_vecs, item_valid = gather_rows(item_vecs, rows, self._scratch.__dict__), item_valid[rows]
+        # Row-indexed statistics kept current by the writer's change log: no per-item Python here.
+        pop, newness, offsets, top = self._rows.read(items, n, now, rows)
+        popularity = popularity_scores(pop, top)  # normalised over the whole catalogue, candidates or not
+        sig: dict[str, torch.Tensor] = {name: self._dense(values, n, rows) for name, values in sparse.items()}
+        if query_vecs is not None:
+            cos = item_vecs @ query_vecs.T  # [candidates, m]
             for name, cols in slots.items():
                 part = cos[:, cols]
                 sig[name] = part.max(dim=1).values if name == "max_cos" else part[:, 0]
-        now = max((e.ts for e in events), default=stats.newest_ts)
-        # Row-indexed statistics kept current by the writer's change log: no per-item Python here.
-        pop, sig["newness"], offsets = self._rows.read(items, n, now)
-        sig["popularity"] = popularity_scores(pop)
-        a = popularity_blend_of(n_events)
-        return Signals(feature_matrix(sig, n_events, a), offsets, item_valid, query, last_item, user_events)
+        sig["popularity"], sig["newness"] = popularity, newness
+        return Signals(feature_matrix(sig, n_events, a), offsets, item_valid, query, last_item, user_events, rows,
+                       log_weights, sampled)
+
+    def _prior_rows(self, items, n: int, now: float, n_events: int, a: float) -> torch.Tensor:
+        """The :func:`prior_candidates` rows best by popularity, newness and offset for a user with
+        ``n_events`` (their weights depend on it), kept until ``PRIOR_EVERY_CLICKS`` more clicks were
+        counted: a whole-catalogue pass (four [n] tensors and a top-k: ~20 ms at 1M items) a few times
+        a second at most, not once a request. Stale by at most that many clicks, which only decides
+        candidates (their features are read fresh); counted in clicks, not seconds, so the in-process
+        evaluation ranks as the live worker does at any speed."""
+        key = min(n_events, 64)
+        epoch = (n, self.stats.clicks // PRIOR_EVERY_CLICKS)
+        hit = self._prior_cache.get(key)
+        if hit is not None and hit[0] == epoch and hit[1] is items:
+            return hit[2]
+        pop, newness, offsets, top = self._rows.read(items, n, now)
+        prior = self.ranker.item_prior(popularity_scores(pop, top), newness, offsets, n_events, a)
+        rows = torch.topk(prior, min(prior_candidates(n), n)).indices.sort().values
+        self._prior_cache[key] = (epoch, items, rows)
+        return rows
+
+    def _candidates(self, coarse, query_vecs: torch.Tensor | None, prior_rows: torch.Tensor,
+                    sparse: dict[str, dict[str, float]], n: int, must: list[int] | None) -> torch.Tensor:
+        """The rows a coarse index lets a request score (ascending): the items in the groups nearest to
+        each query vector, every item a statistic names (transitions, co-clicks, query memory, seen),
+        ``prior_rows`` (:meth:`_prior_rows`), and ``must``."""
+        parts = [prior_rows]
+        if query_vecs is not None:
+            parts.append(coarse.candidates(query_vecs, n, self.settings.ann_probe))
+        for values in sparse.values():
+            parts.append(self._gather(values, n)[0])
+        if must:
+            parts.append(torch.tensor(must, dtype=torch.long, device=prior_rows.device))
+        return torch.unique(torch.cat(parts))
 
     def _centroid(self, values: dict[str, float], item_vecs: torch.Tensor,
                   item_valid: torch.Tensor) -> torch.Tensor | None:
@@ -166,10 +267,18 @@ class Recommender:
         return (torch.tensor(rows, dtype=torch.long, device=dev),
                 torch.tensor(vals, dtype=torch.float64, device=dev))
 
-    def _dense(self, values: dict[str, float], n: int) -> torch.Tensor:
-        out = torch.zeros(n, device=self.model.device)
+    def _dense(self, values: dict[str, float], n: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """``values`` by row (``[n]``), or at the positions of ``candidates`` (ascending rows) when given."""
         rows, vals = self._gather(values, n)
-        out[rows] = vals.float()
+        if candidates is None:
+            out = torch.zeros(n, device=self.model.device)
+            out[rows] = vals.float()
+            return out
+        out = torch.zeros(candidates.numel(), device=self.model.device)
+        if rows.numel():
+            pos = torch.searchsorted(candidates, rows).clamp_max(candidates.numel() - 1)
+            hit = candidates[pos] == rows
+            out[pos[hit]] = vals[hit].float()
         return out
 
     # ------------------------------------------------------------------------------ learning
@@ -192,16 +301,20 @@ class Recommender:
         and the statistics as they were before it (its own count taken out); every click then joins the
         statistics."""
         items = self.model.items
+        # A bounded step of the coarse index's upkeep, here on the writer thread once a batch (issue 11).
+        items.maintain_coarse(self.settings.ann_min_items)
         for ev in events:
             if not isinstance(ev, ClickEvent):
                 continue
             row = items.row.get(ev.item_id)
             if row is not None and bool(items.valid[row]) and self.teaches(ev.event_id):
                 with self.stats.excluding(ev.event_id):
-                    sig = self.signals(profiles.get(ev.user_id))
-                if bool(sig.valid[row]):
-                    self.ranker.learn_one(sig.features, row, mask=sig.valid, offsets=sig.offsets,
-                                          item_ids=items.ids)
+                    sig = self.signals(profiles.get(ev.user_id), must=[row], sample=LEARN_SAMPLE,
+                                       seed=zlib.crc32(ev.event_id.encode()))
+                (target,) = sig.positions_of([row])
+                if bool(sig.valid[target]):
+                    self.ranker.learn_one(sig.features, target, mask=sig.valid, offsets=sig.offsets,
+                                          item_ids=sig.ids(items.ids), log_weights=sig.log_weights)
                     # the biases written: each request's row read (RowStats) refreshes those rows
                     self.stats.mark_changed(self.ranker.bias_changed)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
@@ -223,16 +336,17 @@ class Recommender:
             return []
         sig = self.signals(state, view)
         scores = self.ranker.score(sig.features, sig.offsets)[None]
-        exclude = ~item_valid[None].clone()
+        exclude = ~sig.valid[None].clone()
         if exclude_clicked and state is not None:
-            rows = [r for r in model.items.rows_of(state.clicked_items()) if r < item_vecs.shape[0]]
-            if rows:
-                exclude[0, rows] = True
+            clicked = sig.positions_of([r for r in model.items.rows_of(state.clicked_items())
+                                        if r < item_vecs.shape[0]])
+            if clicked:
+                exclude[0, clicked] = True
         n_ok = int((~exclude).sum())
         if n_ok == 0:
             return []
         vals, idx = top_k(scores, min(k, n_ok), exclude)
-        rows = idx[0].tolist()
+        rows = sig.row_of(idx[0]).tolist()
         # Explanations for the rows shown, in a few tensor calls for all of them (per item, the small
         # torch calls were a quarter of a request): each item's strongest positive signal and its share.
         positive = self.ranker.contributions(sig.features[idx[0]]).clamp_min(0.0)
@@ -245,7 +359,7 @@ class Recommender:
 
                 sig.event_vectors = event_vectors(model, [state], self.settings.half_life_s)
             vecs, weights, _, _ = sig.event_vectors
-            events_by_item = top_contributors_of_each(vecs, weights, item_vecs[idx[0]], k=2)
+            events_by_item = top_contributors_of_each(vecs, weights, item_vecs[rows], k=2)
         out = []
         for j, (score, row) in enumerate(zip(vals[0].tolist(), rows)):
             because = self._because(state, sig, FEATURES[strongest[j]], best[j], totals[j],
@@ -287,6 +401,36 @@ class Recommender:
         if name == "newness":
             return [_entry("new", name, "new in the catalogue", share)]
         return [_entry("popular", name, "popular now", share)]
+
+
+def sample_outside(rows: torch.Tensor, n: int, sample: int, seed: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rows`` (ascending) with up to ``sample`` rows ``< n`` drawn uniformly from outside them: the
+    union (ascending), the log of how many rows each stands for (0 for ``rows``, log(outside / drawn)
+    for a drawn one) and which were drawn. A step's softmax over the candidates alone took its negatives
+    from the items most like the user's texts and learned another ranker (Amazon, in process: -0.016
+    Recall@10; the same ranking with steps over every item: -0.0004); with the outside in it through an
+    importance-weighted sample (sampled softmax) each step estimates the full one.
+
+    >>> rows, logw, drawn = sample_outside(torch.tensor([0, 1]), 10, 4, seed=0)
+    >>> rows.numel(), int(drawn.sum()), round(float(logw[drawn][0].exp()), 2) == round(8 / int(drawn.sum()), 2)
+    (6, 4, True)
+    """
+    outside = n - rows.numel()
+    if outside <= 0 or sample <= 0:
+        return rows, torch.zeros(rows.numel(), device=rows.device), torch.zeros(rows.numel(), dtype=torch.bool,
+                                                                                device=rows.device)
+    g = torch.Generator().manual_seed(seed)
+    draw = torch.randint(n, (2 * sample,), generator=g).to(rows.device)
+    pos = torch.searchsorted(rows, draw).clamp_max(rows.numel() - 1)
+    draw = torch.unique(draw[rows[pos] != draw])[:sample]  # without replacement, outside the candidates
+    if draw.numel() == 0:
+        return sample_outside(rows, n, 0, seed)
+    union, order = torch.sort(torch.cat([rows, draw]))
+    drawn = order >= rows.numel()
+    logw = torch.zeros(union.numel(), device=rows.device)
+    logw[drawn] = math.log(outside / draw.numel())
+    return union, logw, drawn
 
 
 def _entry(kind: str, signal: str, reason: str, share: float, *, event_id: str | None = None,

@@ -107,10 +107,17 @@ def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
     rows = RowStats(s, torch.device("cpu"), offsets=offsets)
 
     def check(now: float) -> None:
-        pop, new, off = rows.read(index, len(index.ids), now)
+        pop, new, off, top = rows.read(index, len(index.ids), now)
         want_pop, want_new = _by_dicts(s, index, now)
         assert pop.tolist() == pytest.approx(want_pop, rel=1e-6) and new.tolist() == pytest.approx(want_new, rel=1e-6)
         assert off.tolist() == [offsets.get(i, 0.0) for i in index.ids]
+        assert top == pytest.approx(max(want_pop), rel=1e-6)
+        # a coarse index's candidates only (issue 11): the same values at those rows, the catalogue's top
+        at = torch.tensor([2, 0])
+        pop_at, new_at, off_at, top_at = rows.read(index, len(index.ids), now, at)
+        assert pop_at.tolist() == pytest.approx([want_pop[2], want_pop[0]], rel=1e-6) and top_at == top
+        assert new_at.tolist() == pytest.approx([want_new[2], want_new[0]], rel=1e-6)
+        assert off_at.tolist() == [off[2].item(), off[0].item()]
 
     _feed(s, [("e1", "u1", "a", 0.0, None), ("e2", "u2", "a", 5.0, None), ("e3", "u1", "b", 6.0, None)])
     check(6.0)

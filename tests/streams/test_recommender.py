@@ -266,3 +266,80 @@ def test_a_retracted_bot_takes_its_pull_on_the_item_biases_back(model) -> None:
     assert abs(after - never) < abs(pushed - never) / 4, (never, pushed, after)
     sig = botted.signals(None)
     assert float(sig.offsets[model.items.row["pan"]]) == pytest.approx(after, abs=1e-6)  # as requests read it
+
+
+COLOURS = ["red", "black", "white", "blue", "green"]
+MATERIALS = ["steel", "leather", "plastic", "wooden", "glass", "cotton", "rubber", "ceramic", "bamboo", "paper"]
+PRODUCTS = ["stapler", "headphones", "frying pan", "keyboard", "notebook", "water bottle", "desk lamp",
+            "backpack", "mouse pad", "coffee mug"]
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> ServingModel:
+    """500 titled items (colour x material x product), real MiniLM vectors, a coarse index over them."""
+    m = ServingModel.load(device="cpu")
+    for c, (colour, material, product) in enumerate(itertools.product(COLOURS, MATERIALS, PRODUCTS)):
+        m.items.upsert(f"p{c}", f"{colour} {material} {product}")
+    m.items.refresh(m.encoder, m.cache)
+    while m.items.maintain_coarse(100, budget=200):
+        pass
+    assert m.items.coarse is not None and m.items.coarse.complete(len(m.items))
+    return m
+
+
+def feed(settings: Settings, model: ServingModel, rounds: int = 8) -> tuple[Recommender, dict]:
+    """The same clicks and searches, in the same order, for every call: users browsing a product type."""
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    ids = [f"p{c}" for c in range(len(model.items))]
+    for u in range(rounds):
+        events = [click(f"a{u}", ids[(37 * u + 10 * j) % len(ids)], TS + 100 * u + j) for j in range(3)]
+        if u % 2:
+            events.append(SearchEvent(f"q{next(_ids)}", f"a{u}", TS + 100 * u + 5, "leather backpack", None))
+        apply(processor, recommender, profiles, events)
+    return recommender, profiles
+
+
+def test_the_coarse_index_probing_every_group_ranks_exactly_as_every_item(catalogue) -> None:
+    """With every group probed the candidates of a user with events are every row: the same top 10,
+    scores and explanations as the path over the whole catalogue, so what the coarse index changes is
+    only which rows it reads. (A step then learns over the candidates, the softmax's negatives: for a
+    user with no events those are the items best by popularity, newness and offset.)"""
+    exact_settings = Settings(device="cpu", ann_min_items=0)
+    recommender, profiles = feed(exact_settings, catalogue)
+    approx_settings = Settings(device="cpu", ann_min_items=100, ann_probe=catalogue.items.coarse.lists)
+    for user, state in profiles.items():
+        recommender.settings = exact_settings
+        want = recommender.recommend(state, k=10)
+        assert recommender.signals(state).rows is None
+        recommender.settings = approx_settings
+        assert recommender.signals(state).rows.numel() == len(catalogue.items)
+        got = recommender.recommend(state, k=10)
+        assert [r.item_id for r in got] == [r.item_id for r in want]
+        assert [r.because for r in got] == [r.because for r in want]
+        assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
+    # A user with no events: the items best by the prior are the candidates, and the top 10 is the same.
+    recommender.settings = exact_settings
+    want = [r.item_id for r in recommender.recommend(None, k=10)]
+    recommender.settings = approx_settings
+    assert [r.item_id for r in recommender.recommend(None, k=10)] == want
+    assert recommender.signals(None).rows.numel() == 100
+
+
+def test_a_narrow_probe_still_reads_every_item_a_statistic_names(catalogue) -> None:
+    recommender, profiles = feed(Settings(device="cpu", ann_min_items=100, ann_probe=1), catalogue)
+    # Another user went from a3's last item to an item of another product type: a transition.
+    state = profiles["a3"]
+    last = state.clicked_items()[-1]
+    far = next(i for i in catalogue.items.ids if catalogue.items.text(catalogue.items.row[i]).endswith("coffee mug")
+               and "coffee mug" not in catalogue.items.text(catalogue.items.row[last]))
+    recommender.stats.observe("t1", "other", last, TS + 10_000)
+    recommender.stats.observe("t2", "other", far, TS + 10_001)
+    sig = recommender.signals(state)
+    rows = set(sig.rows.tolist())
+    assert len(rows) < len(catalogue.items)  # a fraction of the catalogue is read
+    row = catalogue.items.row
+    assert row[far] in rows and {row[i] for i in state.clicked_items()} <= rows
+    (pos,) = sig.positions_of([row[far]])
+    assert float(column(sig, "transition")[pos]) == pytest.approx(1.0)
+    recs = recommender.recommend(state, k=10)
+    assert len(recs) == 10 and not {r.item_id for r in recs} & set(state.clicked_items())
