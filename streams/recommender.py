@@ -5,9 +5,10 @@ Candidates are every item with a vector in the serving version (a superset of th
 top-N, neighbours of the user's last items, query memory and popular items: scoring them all is one
 matrix product up to a few hundred thousand items). From ``ann_min_items`` on, a coarse index
 (:mod:`coldstart.model.coarse`) narrows them to the items near the user's query vectors plus every item
-a statistic names and the best by popularity, newness and offset; the features are the same. The ranker (:mod:`coldstart.model.ranker`) starts
-from today's fixed blend and learns from each click before it is applied (:meth:`Recommender.learn_clicks`,
-called from the batch path), so the same features serve and learn.
+a statistic names and the best by popularity, newness and offset; the features are the same. The
+ranker (:mod:`coldstart.model.ranker`) starts from today's fixed blend and learns from each click
+before it is applied (:meth:`Recommender.learn_clicks`, called from the batch path), so the same
+features serve and learn.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ class Recommender:
         candidates of the coarse index (:meth:`_candidates`; ``must``: rows that must be among them, the
         clicked item a step learns from; ``sample``: that many rows drawn uniformly from outside them,
         with ``seed``, for a step's softmax, see :attr:`Signals.log_weights`). ``view``: the item
-        matrix the caller already read. A request
-        reads on the event loop while the writer thread may append items, so one view fixes the row
-        count ``n`` and rows added after it are left out, never indexed past it."""
+        matrix the caller already read. A request reads on the event loop while the writer thread may
+        append items, so one view fixes the row count ``n`` and rows added after it are left out, never
+        indexed past it."""
         from coldstart.streams.processor import event_vectors
 
         model, stats = self.model, self.stats
