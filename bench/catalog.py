@@ -12,6 +12,9 @@ learned ranker's whole read path (``ranker_request_times``: every signal of ever
 (what every ingested click costs the writer thread) and the process's RSS. And the same read path over
 the candidates of the coarse index (``COLDSTART_ANN_MIN_ITEMS``, model/coarse.py) on clustered and on
 uniformly random vectors, with its top-10 overlap with the path over every item for the same users.
+And what the coarse index does to a batch's importance (``importance_batch_times``): the stage scored
+against every item beside the coarse path (the items near each context exactly, a uniform sample of the
+rest), with the error of the sampled loss and rank percentile.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
         ranker = ranker_request_times(index, min(requests, 100), dev)
         coarse = coarse_request_times(n, min(requests, 100), dev)
         out[n]["coarse"] = coarse
+        importance = importance_batch_times(n, dev)
+        out[n]["importance"] = importance
         out[n].update({"ranker_top10_p50_s": ranker["p50_s"], "ranker_top10_p99_s": ranker["p99_s"],
                        "ranker_top10_cpu_p50_s": ranker["cpu_p50_s"],
                        "learn_click_p50_s": ranker["learn_click_p50_s"], "rss_bytes": ranker["rss_bytes"],
@@ -136,6 +141,12 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
                     f"{coarse[kind]['exact_p50_s'] * 1e3:.1f} / {coarse[kind]['exact_p99_s'] * 1e3:.1f} ms every item",
                     f"{coarse[kind]['p99_s'] / coarse[kind]['exact_p99_s']:.2f}", "p99 <= 50 ms on CPU at 1M")
                    for kind in ("clustered", "random")],
+                 (f"coarse index at {n:,} items: a batch's importance ({importance['events']} events), p50 / max; "
+                  "sampled loss |error| mean / max, rank percentile |error| max",
+                  f"{importance['p50_s'] * 1e3:.0f} / {importance['max_s'] * 1e3:.0f} ms; "
+                  f"{importance['loss_err_mean']:.3f} / {importance['loss_err_max']:.3f} nats, {importance['rank_err_max']:.4f}",
+                  f"{importance['exact_p50_s'] * 1e3:.0f} / {importance['exact_max_s'] * 1e3:.0f} ms every item",
+                  f"{importance['exact_p50_s'] / importance['p50_s']:.1f}", "-"),
                  (f"coarse index at {n:,} items: one learn_clicks call (candidates + 1,024 sampled rows)",
                   f"{coarse['clustered']['learn_click_p50_s'] * 1e3:.1f} ms",
                   f"{coarse['clustered']['exact_learn_click_p50_s'] * 1e3:.1f} ms over every item",
@@ -194,6 +205,63 @@ def coarse_request_times(n: int, requests: int, dev: torch.device, clicks: int =
         del index
         gc.collect()
     return out
+
+
+def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: int = 32) -> dict:
+    """A batch's importance stage (``BatchProcessor.process``, ``stages["importance"]``) over every item
+    and, the coarse index built, over its columns (streams/processor.py ``_sampled_columns``), on the
+    same ``batches`` batches of ``events`` events (half searches, half clicks after that search, on
+    clustered vectors: a search's query is a noisy copy of an item's vector, as a title-like query
+    is, and one click in 4 is on a random item instead): p50 and max seconds of each, and the per-click |error| of the sampled loss (mean, max) and
+    of the rank percentile the default estimator reads (max), against every item."""
+    from coldstart.contract import ClickEvent, SearchEvent
+    from coldstart.model.encoder import EmbeddingCache, TextEncoder
+    from coldstart.model.importance import catalog_loss, rank_percentile
+    from coldstart.model.serving import ServingModel
+    from coldstart.settings import Settings
+    from coldstart.streams.processor import BatchProcessor
+
+    index = synthetic_index(n, dev, seed=3, clustered=True)
+    while index.maintain_coarse(1, budget=65_536):
+        pass
+    encoder = TextEncoder(None, device=str(dev))
+    g = torch.Generator().manual_seed(4)
+    cache = EmbeddingCache(10 * batches * events)
+    vecs, valid = index.matrix()
+    plan = []  # per batch: (events, the query vectors, the clicked rows)
+    for b in range(batches):
+        rows = torch.randint(n, (events // 2,), generator=g)
+        queries = F.normalize(vecs[rows] + TOPIC_NOISE * torch.randn(rows.numel(), DIM, generator=g), dim=1)
+        rows[3::4] = torch.randint(n, (rows[3::4].numel(),), generator=g)  # one click in 4 on a random item
+        texts = [f"query {b}-{j}" for j in range(rows.numel())]
+        cache.seed(encoder.version, texts, queries)  # stand-ins for the encoder's vectors of these texts
+        batch = []
+        for j, (text, row) in enumerate(zip(texts, rows.tolist())):
+            batch.append(SearchEvent(f"s{b}-{j}", f"iu{b}-{j}", 1_700_000_000.0 + j, text))
+            batch.append(ClickEvent(f"c{b}-{j}", f"iu{b}-{j}", 1_700_000_000.5 + j, index.ids[row], query=text))
+        plan.append((batch, queries, rows))
+    model = ServingModel(encoder, cache, index)
+    out: dict = {"events": events}
+    for name, ann in (("exact", 0), ("coarse", 1)):
+        processor = BatchProcessor(Settings(device=str(dev), ann_min_items=ann), model)
+        times = []
+        for batch, _, _ in plan:
+            times.append(processor.process(batch, {}).stage_seconds["importance"])
+        out[f"{name}_times"] = times
+    loss_err, rank_err = [], []
+    probe = BatchProcessor(Settings(device=str(dev), ann_min_items=1), model)
+    for batch, queries, rows in plan:  # the sampled columns' estimates against every item's, per click
+        positions = list(range(len(queries)))
+        cols, log_w, column_of = probe._sampled_columns(batch, positions, queries, dict(enumerate(rows.tolist())),
+                                                        vecs, valid, n)
+        target = column_of(rows)
+        loss_err.append((catalog_loss(queries, cols, target, log_weights=log_w) - catalog_loss(queries, vecs, rows)).abs())
+        rank_err.append((rank_percentile(queries, cols, target, log_w) - rank_percentile(queries, vecs, rows)).abs())
+    loss_err, rank_err = torch.cat(loss_err), torch.cat(rank_err)
+    return {"events": events, "p50_s": _pct(out["coarse_times"], 0.5), "max_s": max(out["coarse_times"]),
+            "exact_p50_s": _pct(out["exact_times"], 0.5), "exact_max_s": max(out["exact_times"]),
+            "loss_err_mean": float(loss_err.mean()), "loss_err_max": float(loss_err.max()),
+            "rank_err_max": float(rank_err.max())}
 
 
 def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device, settings=None,

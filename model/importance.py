@@ -48,17 +48,21 @@ __all__ = ["ESTIMATORS", "NoiseLines", "RankNull", "RunningQuantile", "bounded",
 
 
 def catalog_loss(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
-                 temperature: float = 0.05) -> torch.Tensor:
+                 temperature: float = 0.05, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row cross-entropy of the clicked item against the whole catalog, ``[b]``.
 
     Rows of ``context`` and ``item_vecs`` are unit vectors, so ``context @ item_vecs.T`` is the cosine.
+    ``log_weights``: the columns are a sample of the catalogue (``log_weights``: the log of how many items
+    each stands for, 0 for the targets), and the partition sum is estimated from it.
 
     >>> items = torch.eye(3)
     >>> round(float(catalog_loss(items[:1], items, torch.tensor([0]), temperature=1.0)[0]), 4)
     0.5514
     """
-    logits = context @ item_vecs.T / temperature
-    return F.cross_entropy(logits.float(), target.long(), reduction="none")
+    logits = (context @ item_vecs.T).float() / temperature
+    if log_weights is not None:
+        logits = logits + log_weights.to(logits.device)[None, :]
+    return F.cross_entropy(logits, target.long(), reduction="none")
 
 
 def cold_factor(prior_events: torch.Tensor, cold_boost: float = 1.0) -> torch.Tensor:
@@ -127,11 +131,14 @@ def unscored_weight(prior_events: torch.Tensor, n_items: int) -> torch.Tensor:
 
 def search_importance(query_vecs: torch.Tensor, item_vecs: torch.Tensor, prior_events: torch.Tensor,
                       temperature: float = 0.05, *, w_min: float = 0.1, w_max: float = 4.0,
-                      cold_boost: float = 1.0, noise_margin: float = 0.25) -> torch.Tensor:
+                      cold_boost: float = 1.0, noise_margin: float = 0.25,
+                      log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weight of unlabeled searches: normalised entropy of the catalog softmax times the cold factor.
 
     ``noise_margin`` is accepted for a uniform signature; without a label there is no noise test.
     With fewer than two items there is no uncertainty to measure and only the cold factor remains.
+    ``log_weights``: the columns are a sample of the catalogue (the log of how many items each stands for): the
+    entropy and the catalogue size are estimated from it.
 
     >>> items = torch.eye(4)
     >>> search_importance(torch.full((1, 4), 0.5), items, torch.tensor([3.0]))  # equidistant: max entropy
@@ -140,10 +147,19 @@ def search_importance(query_vecs: torch.Tensor, item_vecs: torch.Tensor, prior_e
     del noise_margin
     cold = cold_factor(prior_events.to(query_vecs.device), cold_boost)
     n = item_vecs.shape[0]
+    if log_weights is not None:
+        n = float(log_weights.exp().sum())
     if n < 2:
         return cold.clamp(w_min, w_max)
-    logp = torch.log_softmax((query_vecs @ item_vecs.T).float() / temperature, dim=1)
-    entropy = -(logp.exp() * logp).sum(dim=1) / math.log(n)
+    logits = (query_vecs @ item_vecs.T).float() / temperature
+    if log_weights is None:
+        logp = torch.log_softmax(logits, dim=1)
+        mass = logp.exp()
+    else:  # one item's log-probability, and the probability of all the items a column stands for
+        lw = log_weights.to(logits.device)[None, :]
+        logp = logits - torch.logsumexp(logits + lw, dim=1, keepdim=True)
+        mass = (logp + lw).exp()
+    entropy = -(mass * logp).sum(dim=1) / math.log(n)
     return (entropy.clamp(0.0, 1.0) * cold).clamp(w_min, w_max)
 
 
@@ -223,7 +239,8 @@ def quantile_noise_weight(loss: torch.Tensor, line: float, sharpness: float = 4.
     return r.clamp_max(1.0) * torch.exp(-sharpness * (r - 1.0).clamp_min(0.0))
 
 
-def rank_percentile(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def rank_percentile(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
+                    log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per row: the share of the *other* catalog items the model scores strictly above the clicked one
     (0 = ranked first, 1 = ranked last; ties count for the click).
 
@@ -237,10 +254,16 @@ def rank_percentile(context: torch.Tensor, item_vecs: torch.Tensor, target: torc
     >>> ctx = torch.tensor([[0.9, 0.3, 0.1], [0.9, 0.3, 0.1]])
     >>> rank_percentile(ctx, items, torch.tensor([0, 2]))
     tensor([0., 1.])
+
+    ``log_weights``: the columns are a sample of the catalogue (the log of how many items each stands for), each
+    counting for the items it stands for (a ratio estimate, in [0, 1]).
     """
     s = context.float() @ item_vecs.float().T
     clicked = s.gather(1, target.long().reshape(-1, 1))
-    return (s > clicked).sum(dim=1).float() / max(item_vecs.shape[0] - 1, 1)
+    if log_weights is None:
+        return (s > clicked).sum(dim=1).float() / max(item_vecs.shape[0] - 1, 1)
+    w = log_weights.exp().to(s.device)
+    return ((s > clicked).float() @ w / max(float(w.sum()) - 1.0, 1.0)).clamp(0.0, 1.0)
 
 
 def _nonincreasing(y: list[float]) -> list[float]:
@@ -318,7 +341,7 @@ def genuine_probability(r: torch.Tensor, null: RankNull) -> torch.Tensor:
 
 
 def output_grad_norm(context: torch.Tensor, item_vecs: torch.Tensor, target: torch.Tensor,
-                     temperature: float = 0.05) -> torch.Tensor:
+                     temperature: float = 0.05, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row norm of the catalog loss's gradient at the model's output (the unit context vector).
 
     ``dL/dq = (softmax(q V^T / T) - onehot(t)) V / T``, projected on the tangent of the unit sphere
@@ -333,7 +356,10 @@ def output_grad_norm(context: torch.Tensor, item_vecs: torch.Tensor, target: tor
     """
     q = context.float()
     v = item_vecs.float()
-    p = torch.softmax(q @ v.T / temperature, dim=1)
+    logits = q @ v.T / temperature
+    if log_weights is not None:  # a column's probability is that of every item it stands for
+        logits = logits + log_weights.to(logits.device)[None, :]
+    p = torch.softmax(logits, dim=1)
     p[torch.arange(q.shape[0], device=q.device), target.long()] -= 1.0
     g = p @ v / temperature
     g = g - (g * q).sum(dim=1, keepdim=True) * q
@@ -355,8 +381,9 @@ def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | No
                     item_vecs: torch.Tensor | None = None, target: torch.Tensor | None = None,
                     reference_loss: torch.Tensor | None = None, line: float | None = None,
                     n_items: int | None = None, temperature: float = 0.05,
-                    null: RankNull | None = None) -> torch.Tensor:
+                    null: RankNull | None = None, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The raw score of estimator ``name`` for a batch (:func:`click_weights` makes it the weight).
+    ``log_weights``: ``item_vecs`` is a sample of the catalogue (the log of how many items each stands for).
 
     >>> estimator_score("loss_quantile", torch.tensor([2.0, 4.0, 8.0]), line=4.0)
     tensor([0.5000, 1.0000, 0.0183])
@@ -378,11 +405,11 @@ def estimator_score(name: str, loss: torch.Tensor, *, context: torch.Tensor | No
     if name == "grad_norm":
         if context is None or item_vecs is None or target is None:
             raise ValueError("grad_norm needs context, item_vecs and target")
-        return output_grad_norm(context, item_vecs, target, temperature)
+        return output_grad_norm(context, item_vecs, target, temperature, log_weights)
     if name == "rank_lfdr":
         if context is None or item_vecs is None or target is None or null is None:
             raise ValueError("rank_lfdr needs context, item_vecs, target and the running rank density (RankNull)")
-        return genuine_probability(rank_percentile(context, item_vecs, target), null)
+        return genuine_probability(rank_percentile(context, item_vecs, target, log_weights), null)
     if reference_loss is None:
         raise ValueError("reducible_loss needs the reference model's loss")
     return reducible_loss(loss, reference_loss)
@@ -402,7 +429,7 @@ def click_weights(name: str, loss: torch.Tensor, prior_events: torch.Tensor, n_i
                   context: torch.Tensor | None = None, item_vecs: torch.Tensor | None = None,
                   target: torch.Tensor | None = None, lines: NoiseLines | None = None,
                   reference_loss: torch.Tensor | None = None, w_min: float = 0.1,
-                  w_max: float = 4.0) -> torch.Tensor:
+                  w_max: float = 4.0, log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The weights a worker records with a batch of clicks under estimator ``name``: the one definition
     the worker applies and the benchmark measures.
 
@@ -411,7 +438,8 @@ def click_weights(name: str, loss: torch.Tensor, prior_events: torch.Tensor, n_i
     random item (so a model no better than chance gives every click the floor, nothing to prefer,
     instead of amplifying small differences). Every other estimator's score is made a weight of mean
     ~1 within the batch (:func:`bounded`). All are multiplied by the cold factor and clipped to
-    ``[w_min, w_max]``.
+    ``[w_min, w_max]``. ``log_weights``: ``item_vecs`` is a sample of the catalogue
+    (the log of how many items each stands for), ``n_items`` still the catalogue's size.
 
     >>> loss = torch.tensor([math.log(100), math.log(100)])
     >>> click_weights("loss_logn", loss, torch.tensor([0.0, 9.0]), 100)
@@ -425,7 +453,8 @@ def click_weights(name: str, loss: torch.Tensor, prior_events: torch.Tensor, n_i
     lines = lines if lines is not None else NoiseLines()
     line = lines.quantile.update("click", loss) if name == "loss_quantile" else None
     score = estimator_score(name, loss, context=context, item_vecs=item_vecs, target=target, line=line,
-                            n_items=n_items, reference_loss=reference_loss, null=lines.ranks)
+                            n_items=n_items, reference_loss=reference_loss, null=lines.ranks,
+                            log_weights=log_weights)
     if name != "rank_lfdr":
         score = bounded(score, w_min, w_max)
     return (score * cold_factor(prior)).clamp(w_min, w_max)

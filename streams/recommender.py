@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from coldstart.contract import ClickEvent, UserEvent
-from coldstart.model.coarse import gather_rows
+from coldstart.model.coarse import gather_rows, sample_outside
 from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors_of_each
 from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
 from coldstart.model.retrieval import popularity_scores, top_k
@@ -402,36 +402,6 @@ class Recommender:
         if name == "newness":
             return [_entry("new", name, "new in the catalogue", share)]
         return [_entry("popular", name, "popular now", share)]
-
-
-def sample_outside(rows: torch.Tensor, n: int, sample: int, seed: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``rows`` (ascending) with up to ``sample`` rows ``< n`` drawn uniformly from outside them: the
-    union (ascending), the log of how many rows each stands for (0 for ``rows``, log(outside / drawn)
-    for a drawn one) and which were drawn. A step's softmax over the candidates alone took its negatives
-    from the items most like the user's texts and learned another ranker (Amazon, in process: -0.016
-    Recall@10; the same ranking with steps over every item: -0.0004); with the outside in it through an
-    importance-weighted sample (sampled softmax) each step estimates the full one.
-
-    >>> rows, logw, drawn = sample_outside(torch.tensor([0, 1]), 10, 4, seed=0)
-    >>> rows.numel(), int(drawn.sum()), round(float(logw[drawn][0].exp()), 2) == round(8 / int(drawn.sum()), 2)
-    (6, 4, True)
-    """
-    outside = n - rows.numel()
-    if outside <= 0 or sample <= 0:
-        return rows, torch.zeros(rows.numel(), device=rows.device), torch.zeros(rows.numel(), dtype=torch.bool,
-                                                                                device=rows.device)
-    g = torch.Generator().manual_seed(seed)
-    draw = torch.randint(n, (2 * sample,), generator=g).to(rows.device)
-    pos = torch.searchsorted(rows, draw).clamp_max(rows.numel() - 1)
-    draw = torch.unique(draw[rows[pos] != draw])[:sample]  # without replacement, outside the candidates
-    if draw.numel() == 0:
-        return sample_outside(rows, n, 0, seed)
-    union, order = torch.sort(torch.cat([rows, draw]))
-    drawn = order >= rows.numel()
-    logw = torch.zeros(union.numel(), device=rows.device)
-    logw[drawn] = math.log(outside / draw.numel())
-    return union, logw, drawn
 
 
 def _entry(kind: str, signal: str, reason: str, share: float, *, event_id: str | None = None,

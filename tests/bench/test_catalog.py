@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coldstart.bench.catalog import coarse_request_times
+from coldstart.bench.catalog import coarse_request_times, importance_batch_times
 
 pytestmark = pytest.mark.model
 
@@ -19,3 +19,11 @@ def test_coarse_request_times_reports_both_paths_on_the_same_users() -> None:
         assert 0.0 <= got["overlap"] <= 1.0 and got["p99_s"] >= got["p50_s"] > 0
         assert got["learn_click_p50_s"] > 0 and got["exact_learn_click_p50_s"] > 0
     assert out["clustered"]["overlap"] >= 0.7, out  # near neighbours found where there is structure
+
+
+def test_importance_batch_times_reports_both_paths_and_the_sampled_error() -> None:
+    out = importance_batch_times(20_000, torch.device("cpu"), batches=2, events=16)
+    assert out["events"] == 16 and out["p50_s"] > 0 and out["exact_p50_s"] > 0
+    assert out["max_s"] >= out["p50_s"] and out["exact_max_s"] >= out["exact_p50_s"]
+    # the sampled estimates are estimates, but of the same quantities: a rank percentile is in [0, 1]
+    assert 0.0 <= out["rank_err_max"] <= 0.1 and 0.0 <= out["loss_err_mean"] < 1.0, out

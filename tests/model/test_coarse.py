@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coldstart.model.coarse import CoarseIndex, lists_for, nearest_centroid, spherical_kmeans
+import pytest
+
+from coldstart.model.coarse import CoarseIndex, lists_for, nearest_centroid, sample_outside, spherical_kmeans
 from coldstart.model.items import ItemIndex
 
 
@@ -103,3 +105,16 @@ def test_the_inverted_lists_give_the_same_candidates_as_every_rows_group() -> No
     after = coarse.candidates(queries, 2_100, n_probe=3)
     assert set(after.tolist()) == set(coarse.scan(coarse.probe(queries, 3), 2_100).tolist())
     assert after.numel() == len(set(after.tolist()))  # each row once when nothing moved since the build
+
+
+def test_rows_drawn_outside_the_candidates_are_uniform_over_the_catalogue() -> None:
+    """A sampled softmax (the ranker's step) and a batch's importance at scale weight each drawn row by
+    how many it stands for, which is only right if every outside row is as likely to be drawn: more
+    distinct draws than wanted were once cut to the lowest rows (``unique`` sorts)."""
+    rows = torch.arange(0, 10_000, 10)  # candidates spread over the catalogue
+    _, log_w, drawn = sample_outside(rows, 10_000, 500, seed=3)
+    union, _, _ = sample_outside(rows, 10_000, 500, seed=3)
+    picked = union[drawn].float()
+    assert int(drawn.sum()) == 500 and not bool(torch.isin(union[drawn], rows).any())
+    assert 4_500 < float(picked.mean()) < 5_500 and float(picked.max()) > 9_000  # the whole range, not its start
+    assert float(log_w[drawn].exp().sum()) == pytest.approx(10_000 - rows.numel())

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coldstart.model.importance import catalog_loss, cold_factor, importance_weight, learnability, search_importance
+from coldstart.model.importance import (catalog_loss, cold_factor, importance_weight, learnability, rank_percentile,
+                                        search_importance)
 
 N = 1000
 LOG_N = math.log(N)
@@ -251,3 +252,45 @@ def test_click_weights_are_the_workers_definition_for_every_live_estimator() -> 
 
 def test_the_rank_lfdr_setting_is_accepted() -> None:
     assert Settings.from_env({"COLDSTART_IMPORTANCE_ESTIMATOR": "rank_lfdr"}).importance_estimator == "rank_lfdr"
+
+
+# ------------------------------------------------------------------ scored against a sample (issue 11)
+from coldstart.model.coarse import sample_outside  # noqa: E402
+
+
+def _catalogue(n: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    items = F.normalize(torch.randn(n, 32, generator=g), dim=1)
+    target = torch.randint(n, (24,), generator=g)
+    context = F.normalize(items[target] + 0.15 * torch.randn(24, 32, generator=g), dim=1)
+    context[12:] = F.normalize(torch.randn(12, 32, generator=g), dim=1)  # half the clicks: random items
+    return items, context, target
+
+
+def test_weights_of_one_are_the_exact_sums() -> None:
+    items, context, target = _catalogue(2_000)
+    zero = torch.zeros(items.shape[0])
+    assert torch.allclose(catalog_loss(context, items, target, log_weights=zero), catalog_loss(context, items, target))
+    assert torch.equal(rank_percentile(context, items, target, zero), rank_percentile(context, items, target))
+    prior = torch.zeros(context.shape[0])
+    assert torch.allclose(search_importance(context, items, prior, log_weights=zero),
+                          search_importance(context, items, prior), atol=1e-5)
+
+
+def test_the_head_exact_and_a_uniform_sample_of_the_rest_estimate_the_whole_catalogue() -> None:
+    """What a batch is scored against where the coarse index serves: every context's nearest items
+    exactly, 2,000 of the other ~19,000 drawn uniformly, each standing for the rows it samples. The
+    loss (the partition sum) and the rank percentile (a count) stay close to the sums over every item."""
+    items, context, target = _catalogue()
+    head = torch.topk(context @ items.T, 300, dim=1).indices.flatten()
+    rows, log_w, drawn = sample_outside(torch.unique(torch.cat([head, target])), items.shape[0], 2_000, seed=1)
+    assert int(drawn.sum()) == 2_000 and float(log_w.exp().sum()) == pytest.approx(items.shape[0], rel=1e-4)
+    cols = torch.searchsorted(rows, target)
+    loss = catalog_loss(context, items[rows], cols, log_weights=log_w)
+    assert (loss - catalog_loss(context, items, target)).abs().max() < 0.1
+    rank = rank_percentile(context, items[rows], cols, log_w)
+    assert (rank - rank_percentile(context, items, target)).abs().max() < 0.03
+    # a sample alone, without the head, misses most of a genuine click's partition: the head is what counts
+    rows, log_w, _ = sample_outside(torch.unique(target), items.shape[0], 2_000, seed=1)
+    blind = catalog_loss(context[:12], items[rows], torch.searchsorted(rows, target[:12]), log_weights=log_w)
+    assert (blind - catalog_loss(context[:12], items, target[:12])).abs().max() > 0.1

@@ -175,3 +175,51 @@ def test_recommendations_read_while_the_writer_thread_counts_clicks(processor, m
         writer.join()
         sys.setswitchinterval(switch)
     assert errors == []
+
+
+def test_where_the_coarse_index_serves_a_batch_is_scored_against_near_items_and_a_sample() -> None:
+    """Issue 11: at a million items a batch's products with every item took seconds, so where the
+    coarse index serves, each event is scored against the items in the groups near its context and a
+    uniform sample of the rest (each drawn item standing for those it samples). On a catalogue of real
+    titles, forced on, the losses, the weights of every click and the searches' weights stay close to
+    those over every item, and a click on an unrelated item stays the implausible one."""
+    m = ServingModel.load(device="cpu")
+    kinds = ["headphones", "keyboard", "stapler", "frying pan", "running shoes", "desk lamp", "backpack", "mug"]
+    for k, kind in enumerate(kinds):
+        for j in range(60):
+            m.items.upsert(f"{k}-{j}", f"{kind} model {j} by brand {j % 7}")
+    m.items.refresh(m.encoder, m.cache)
+    while m.items.maintain_coarse(1, budget=10_000):
+        pass
+    assert m.items.coarse is not None
+    events = []
+    for k, kind in enumerate(kinds):
+        events += [search(f"cu{k}", f"{kind} brand 3", event_id=f"cs{k}"),
+                   click(f"cu{k}", f"{k}-3", query=f"{kind} brand 3", event_id=f"cc{k}"),
+                   click(f"cv{k}", f"{(k + 4) % 8}-5", query=f"{kind} brand 3", event_id=f"cn{k}")]  # unrelated
+    out = {}
+    for name, settings in (("every", Settings(device="cpu", ann_min_items=0)),
+                           ("coarse", Settings(device="cpu", ann_min_items=1, importance_sample=16))):
+        processor = BatchProcessor(settings, m)
+        scored_against, columns = [], processor._sampled_columns
+
+        def spy(*args):
+            found = columns(*args)
+            scored_against.append(found[0].shape[0])
+            return found
+
+        processor._sampled_columns = spy
+        result = processor.process(events, {})
+        out[name] = ({s.sample_id: (s.loss, s.weight) for s in result.samples}, result.importance["search"])
+        if name == "coarse":  # two chunks (16 + 8 events), each against part of the catalogue, not all 480
+            assert len(scored_against) == 2 and max(scored_against) < 480, scored_against
+        else:
+            assert scored_against == []
+    every, coarse = out["every"], out["coarse"]
+    assert every[0].keys() == coarse[0].keys() and len(every[0]) == 16
+    for sample_id, (loss, weight) in every[0].items():
+        assert coarse[0][sample_id][0] == pytest.approx(loss, abs=0.25)
+        assert coarse[0][sample_id][1] == pytest.approx(weight, abs=0.2)
+        if sample_id.startswith("cn"):  # a click on an unrelated item: far less likely than the genuine one
+            assert coarse[0][sample_id][0] > coarse[0]["cc" + sample_id[2:]][0] + 2.0
+    assert coarse[1] == pytest.approx(every[1], abs=0.2)
