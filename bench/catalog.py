@@ -20,6 +20,7 @@ rest), with the error of the sampled loss and rank percentile.
 from __future__ import annotations
 
 import gc
+import random
 import time
 
 import torch
@@ -147,6 +148,12 @@ def _bench_catalog(sizes, requests: int, dev: torch.device) -> dict:
                   f"{importance['loss_err_mean']:.3f} / {importance['loss_err_max']:.3f} nats, {importance['rank_err_max']:.4f}",
                   f"{importance['exact_p50_s'] * 1e3:.0f} / {importance['exact_max_s'] * 1e3:.0f} ms every item",
                   f"{importance['exact_p50_s'] / importance['p50_s']:.1f}", "-"),
+                 (f"coarse index at {n:,} items: one whole batch ({importance['events']} events) p50; "
+                  "its learn / importance / profile stages",
+                  f"{importance['batch_p50_s'] * 1e3:.0f} ms; " + " / ".join(
+                      f"{importance['stage_p50_s'].get(k, 0.0) * 1e3:.0f}" for k in ("learn", "importance", "profile")) + " ms",
+                  f"{importance['exact_batch_p50_s'] * 1e3:.0f} ms every item",
+                  f"{importance['exact_batch_p50_s'] / importance['batch_p50_s']:.1f}", "-"),
                  (f"coarse index at {n:,} items: one learn_clicks call (candidates + 1,024 sampled rows)",
                   f"{coarse['clustered']['learn_click_p50_s'] * 1e3:.1f} ms",
                   f"{coarse['clustered']['exact_learn_click_p50_s'] * 1e3:.1f} ms over every item",
@@ -207,19 +214,22 @@ def coarse_request_times(n: int, requests: int, dev: torch.device, clicks: int =
     return out
 
 
-def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: int = 32) -> dict:
+def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: int = 32, clicks: int = 20_000) -> dict:
     """A batch's importance stage (``BatchProcessor.process``, ``stages["importance"]``) over every item
     and, the coarse index built, over its columns (streams/processor.py ``_sampled_columns``), on the
     same ``batches`` batches of ``events`` events (half searches, half clicks after that search, on
     clustered vectors: a search's query is a noisy copy of an item's vector, as a title-like query
-    is, and one click in 4 is on a random item instead): p50 and max seconds of each, and the per-click |error| of the sampled loss (mean, max) and
-    of the rank percentile the default estimator reads (max), against every item."""
+    is, and one click in 4 is on a random item instead): p50 and max seconds of each, the p50 of the
+    whole batch and of each of its stages (the ranker's steps included), and the per-click |error| of
+    the sampled loss (mean, max) and of the rank percentile the default estimator reads (max), against
+    every item."""
     from coldstart.contract import ClickEvent, SearchEvent
     from coldstart.model.encoder import EmbeddingCache, TextEncoder
     from coldstart.model.importance import catalog_loss, rank_percentile
     from coldstart.model.serving import ServingModel
     from coldstart.settings import Settings
     from coldstart.streams.processor import BatchProcessor
+    from coldstart.streams.recommender import Recommender
 
     index = synthetic_index(n, dev, seed=3, clustered=True)
     while index.maintain_coarse(1, budget=65_536):
@@ -241,13 +251,29 @@ def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: 
             batch.append(ClickEvent(f"c{b}-{j}", f"iu{b}-{j}", 1_700_000_000.5 + j, index.ids[row], query=text))
         plan.append((batch, queries, rows))
     model = ServingModel(encoder, cache, index)
+    rng = random.Random(5)
+    hot = [index.ids[rng.randrange(min(n, 20_000))] for _ in range(2_000)]
     out: dict = {"events": events}
     for name, ann in (("exact", 0), ("coarse", 1)):
-        processor = BatchProcessor(Settings(device=str(dev), ann_min_items=ann), model)
-        times = []
+        # the whole batch as a worker runs it: the ranker's steps and statistics (learn) included, one
+        # click in 4 teaching as after the ranker's first 1,000 steps
+        settings = Settings(device=str(dev), ann_min_items=ann, ranker_dense_steps=0)
+        recommender = Recommender(settings, model)
+        for i in range(clicks):  # statistics for the hot items: transitions, co-clicks, popularity
+            recommender.stats.observe(f"ib{i}", f"ibu{i % 2_000}", rng.choice(hot), 1_699_990_000.0 + i / 10)
+        processor = BatchProcessor(settings, model)
+        processor.click_hook = recommender.learn_clicks
+        times, batch_s, stages = [], [], {}
         for batch, _, _ in plan:
-            times.append(processor.process(batch, {}).stage_seconds["importance"])
+            t = time.perf_counter()
+            result = processor.process(batch, {})
+            batch_s.append(time.perf_counter() - t)
+            times.append(result.stage_seconds["importance"])
+            for stage, sec in result.stage_seconds.items():
+                stages.setdefault(stage, []).append(sec)
         out[f"{name}_times"] = times
+        out[f"{name}_batch_p50_s"] = _pct(batch_s, 0.5)
+        out[f"{name}_stage_p50_s"] = {stage: _pct(v, 0.5) for stage, v in stages.items()}
     loss_err, rank_err = [], []
     probe = BatchProcessor(Settings(device=str(dev), ann_min_items=1), model)
     for batch, queries, rows in plan:  # the sampled columns' estimates against every item's, per click
@@ -259,6 +285,8 @@ def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: 
         rank_err.append((rank_percentile(queries, cols, target, log_w) - rank_percentile(queries, vecs, rows)).abs())
     loss_err, rank_err = torch.cat(loss_err), torch.cat(rank_err)
     return {"events": events, "p50_s": _pct(out["coarse_times"], 0.5), "max_s": max(out["coarse_times"]),
+            "batch_p50_s": out["coarse_batch_p50_s"], "exact_batch_p50_s": out["exact_batch_p50_s"],
+            "stage_p50_s": out["coarse_stage_p50_s"], "exact_stage_p50_s": out["exact_stage_p50_s"],
             "exact_p50_s": _pct(out["exact_times"], 0.5), "exact_max_s": max(out["exact_times"]),
             "loss_err_mean": float(loss_err.mean()), "loss_err_max": float(loss_err.max()),
             "rank_err_max": float(rank_err.max())}
