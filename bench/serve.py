@@ -35,7 +35,7 @@ TARGET_P99_MS = 20.0
 
 def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
                 warmup_s: float = 2.0) -> dict:
-    from coldstart.bench.stack import PROCESSED, counter_sum, histogram_quantiles, merged_scrape, wait_total
+    from coldstart.bench.stack import PROCESSED, counter_sum, gc_pauses, histogram_quantiles, merged_scrape, wait_total
     from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
 
@@ -88,6 +88,11 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
     view_idle = histogram_quantiles(before, mid, "coldstart_recommendation_seconds")
     view_busy = histogram_quantiles(mid, after, "coldstart_recommendation_seconds")
     profile = histogram_quantiles(mid, after, "coldstart_event_to_profile_seconds")
+    gc_idle, gc_busy = gc_pauses(before, mid), gc_pauses(mid, after)
+
+    def gcs(found: dict) -> str:
+        return ", ".join(f"gen {g}: {n:,.0f} for {t * 1e3:,.0f} ms (p99 {p * 1e3:,.1f} ms)"
+                         for g, (n, t, p) in found.items()) or "none"
     summary = produced["summary"]
     achieved_ingest = len(steady) / max(summary.seconds, 1e-9)
     i, b = idle.summary(), busy.summary()
@@ -115,6 +120,8 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         (f"  event->profile p50 / p99 in that phase ({achieved_ingest:,.0f} events/s produced)",
          f"{profile[0] * 1e3:,.0f} / {profile[1] * 1e3:,.0f} ms",
          f"last event consumed {t_done - t_sent:,.1f} s after the last send", "-", "p99 <= 100 ms"),
+        ("  the worker's garbage collections (ingest; idle): each holds the GIL", gcs(gc_busy), gcs(gc_idle),
+         "-", "-"),
     ]
     for row in rows:  # one line each: the shared table wraps these long labels at 80 columns
         print(f"{row[0].strip()}: {row[1]}  [baseline: {row[2]}; ratio {row[3]}; target {row[4]}]")
@@ -123,4 +130,5 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
             "ingest": {**b, "elapsed_s": busy.elapsed_s, "statuses": busy.statuses, "classes": busy.classes},
             "idle": {**i, "elapsed_s": idle.elapsed_s, "statuses": idle.statuses, "classes": idle.classes},
             "view_p50_p99_s": {"ingest": view_busy, "idle": view_idle},
-            "event_to_profile_p50_p99_s": profile, "drain_after_last_send_s": t_done - t_sent, "rows": rows}
+            "event_to_profile_p50_p99_s": profile, "drain_after_last_send_s": t_done - t_sent,
+            "gc_pauses": {"ingest": gc_busy, "idle": gc_idle}, "rows": rows}

@@ -114,6 +114,31 @@ def stage_breakdown(before: dict, after: dict, name: str = "coldstart_batch_stag
     return out
 
 
+def gc_pauses(before: dict, after: dict, name: str = "coldstart_gc_pause_seconds") -> dict[str, tuple[float, float, float]]:
+    """Per generation, the worker's garbage collections between two scrapes: (count, seconds in all, p99
+    seconds).
+
+    >>> b = {}
+    >>> a = {'g_count{generation="2"}': 4.0, 'g_sum{generation="2"}': 0.2, 'g_bucket{generation="2",le="0.1"}': 4.0,
+    ...      'g_bucket{generation="2",le="+Inf"}': 4.0}
+    >>> gc_pauses(b, a, "g")
+    {'2': (4.0, 0.2, 0.099)}
+    """
+    out = {}
+    for key, count in after.items():
+        if not key.startswith(name + '_count{generation="'):
+            continue
+        gen = key.split('generation="')[1].split('"')[0]
+        n = count - before.get(key, 0.0)
+        if n <= 0:
+            continue
+        sum_key = f'{name}_sum{{generation="{gen}"}}'
+        total = after.get(sum_key, 0.0) - before.get(sum_key, 0.0)
+        p99 = histogram_quantiles(before, after, name, (0.99,), labels=f'generation="{gen}"')[0]
+        out[gen] = (n, total, round(p99, 6))
+    return dict(sorted(out.items()))
+
+
 def merged_scrape(workers: list[WorkerProcess]) -> dict[str, float]:
     """The samples of all workers added up (histogram buckets and counters sum across processes)."""
     out: dict[str, float] = {}

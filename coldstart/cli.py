@@ -93,6 +93,10 @@ def run_worker(s: Settings, loglevel: str = "info") -> None:
 
     ensure_topics(s)
     w = Worker(s)
+    if s.gc_freeze:
+        from coldstart.memory import freeze_startup_objects
+
+        freeze_startup_objects()  # the model, the libraries, the app: never scanned by a collection again
     console.print(f"worker: model {w.model.version} on {w.model.device}; "
                   f"http://{s.web_host}:{s.web_port}/health")
     faust_worker(w.app, loglevel).execute_from_commandline()

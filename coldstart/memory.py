@@ -1,4 +1,4 @@
-"""Process-wide memory settings for the worker.
+"""Process-wide memory settings for the worker: malloc arenas, and the objects the garbage collector scans.
 
 glibc gives each thread that contends for ``malloc`` its own arena, up to 8 per core, and an arena
 returns little to the OS once fragmented. A worker allocates from its event loop, its batch thread,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -36,3 +37,22 @@ def limit_malloc_arenas(n: int) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return mallopt(M_ARENA_MAX, n) == 1
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then move every object alive now into the garbage collector's permanent generation
+    (``gc.freeze``), which no collection scans again; returns how many. Call it once the worker is built.
+
+    Why: a worker starts with ~450,000 tracked objects that live as long as it does (the functions,
+    classes and tuples of torch, transformers, Faust and aiokafka, the model's modules), and every
+    full collection walked all of them while holding the GIL: 208 ms with the model loaded alone, a
+    403 ms pause of the whole worker in a 15 s phase at 500 events/s (``coldstart bench serve``). Objects
+    made later are collected as before; frozen ones are still freed by reference counting, so what
+    stays for good is only a reference cycle among objects alive at the freeze.
+
+    >>> before = gc.get_freeze_count(); freeze_startup_objects() >= before; gc.unfreeze()
+    True
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

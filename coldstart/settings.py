@@ -137,6 +137,9 @@ class Settings:
     batch_size: int = 512  # events per batch at most (bounds in-flight work)
     batch_within_s: float = 0.05  # the longest an event waits for company, counted from its arrival
     malloc_arenas: int = 2  # glibc malloc arenas in a worker (coldstart/memory.py); 0 = glibc's default
+    # Freeze the objects alive once the worker is built out of the garbage collector's scans (coldstart/
+    # memory.py freeze_startup_objects: a full collection walked them all, 0.2-0.4 s with the GIL held).
+    gc_freeze: bool = True
     session_timeout_s: float = 60.0
     # Model
     model_path: str = ""  # empty: the packaged all-MiniLM-L6-v2 weights

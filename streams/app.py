@@ -36,7 +36,7 @@ from coldstart.model.anomaly import ActivityGuard
 from coldstart import contract
 from coldstart.streams.batching import take_batches
 from coldstart.streams.catalog import CatalogReader
-from coldstart.streams.metrics import BATCH_STAGES, Metrics
+from coldstart.streams.metrics import BATCH_STAGES, GcPauses, Metrics
 from coldstart.streams.processor import COLD_START_EVENTS, BatchProcessor
 from coldstart.model.ranker import FEATURES, LinearRanker, load_ranker, save_ranker
 from coldstart.streams.recommender import Recommender
@@ -61,7 +61,11 @@ class Worker:
         # upserts and refreshes run here one at a time, while HTTP and heartbeats keep answering.
         self.batch_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="coldstart-batch")
         self.registry = registry or CollectorRegistry()
+        # Every garbage collection timed (issue 11): registered first, so a scrape drains it first.
+        self.gc_pauses = GcPauses().install()
+        self.registry.register(self.gc_pauses)
         self.metrics = Metrics.create(self.registry)
+        self.gc_pauses.histogram = self.metrics.gc_pause_seconds
         self.model = model or ServingModel.load(
             path=settings.model_path or None, device=settings.device,
             cache_size=settings.embedding_cache_size, max_items=settings.max_items,
@@ -190,6 +194,7 @@ class Worker:
             self.report_item_evictions()
             self.report_rocksdb_memory()
             self.report_ranker()
+            self.gc_pauses.drain(self.metrics.gc_pause_seconds)
 
         @app.timer(interval=s.ranker_save_every_s)
         async def save_ranker() -> None:

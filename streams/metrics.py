@@ -4,7 +4,10 @@ counters, histograms for distributions, no per-user labels."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import gc
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -53,6 +56,7 @@ class Metrics:
     ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
     ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
     ranker_item_offsets: Gauge  # issue 9: items with a learned offset (restored across restarts)
+    gc_pause_seconds: Histogram  # issue 11: the interpreter's garbage collections stop every thread
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "coldstart") -> "Metrics":
@@ -127,4 +131,58 @@ class Metrics:
             ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
             ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
             ranker_item_offsets=gauge("ranker_item_offsets", "Items with a learned offset in the ranker."),
+            gc_pause_seconds=histogram(
+                "gc_pause_seconds", "Python garbage collections, by generation: each one holds the GIL, so "
+                "the event loop, the batch thread and requests all wait for it.", LATENCY_BUCKETS,
+                ["generation"]),
         )
+
+
+class GcPauses:
+    """Times every garbage collection of this process (``gc.callbacks``) and hands the durations to
+    ``histogram`` when :meth:`drain` is called: by the worker's 5 s timer, and as a collector of the
+    registry (registered before the histogram), at every scrape, so a scrape sees every pause before it.
+    The callback itself only appends to a deque: observing a histogram takes a lock, and a collection
+    can start inside that very lock's holder (any allocation can trigger one), so a histogram call from
+    the callback could deadlock.
+
+    >>> pauses = GcPauses().install()
+    >>> _ = gc.collect(2)
+    >>> pauses.uninstall(); [(gen, secs >= 0) for gen, secs in pauses.pending][-1]
+    (2, True)
+    """
+
+    def __init__(self, keep: int = 100_000) -> None:
+        self.pending: collections.deque[tuple[int, float]] = collections.deque(maxlen=keep)
+        self.histogram: Histogram | None = None  # where collect() drains to
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self.pending.append((info["generation"], time.perf_counter() - self._started))
+            self._started = 0.0
+
+    def install(self) -> "GcPauses":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def collect(self) -> list:
+        """As a registry's collector: drain into :attr:`histogram`; no samples of its own."""
+        if self.histogram is not None:
+            self.drain(self.histogram)
+        return []
+
+    def drain(self, histogram: Histogram) -> int:
+        """Observe the pauses recorded since the last call; returns how many."""
+        n = 0
+        while self.pending:
+            generation, seconds = self.pending.popleft()
+            histogram.labels(str(generation)).observe(seconds)
+            n += 1
+        return n
