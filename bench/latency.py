@@ -12,7 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from coldstart.bench.stack import (PROCESSED, histogram_quantiles, machine_busy_seconds, merged_scrape,
+from coldstart.bench.stack import (PROCESSED, gc_pauses, histogram_quantiles, machine_busy_seconds, merged_scrape,
                                    process_cpu_seconds, stage_breakdown, wait_total)
 from coldstart.local import WorkerProcess
 
@@ -33,6 +33,8 @@ class PacedResult:
     # Cores busy over the interval: the workers, this process (producer and request load), the machine.
     # A worker near 1.0 is held by its GIL; a machine near its core count is saturated whatever the worker.
     cpu: dict[str, float] = field(default_factory=dict)
+    # generation -> (collections, seconds in all, p99 seconds) of the workers' garbage collections
+    gc: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,7 +78,7 @@ def paced_latency(bootstrap: str, workers: list[WorkerProcess], events, rate: fl
     w = histogram_quantiles(before, after, "coldstart_event_to_batch_seconds")
     b = histogram_quantiles(before, after, "coldstart_batch_seconds")
     return PacedResult(rate, len(events), p[0], p[1], w[0], w[1], b[0], b[1], requests,
-                       stage_breakdown(before, after), cpu)
+                       stage_breakdown(before, after), cpu, gc_pauses(before, after))
 
 
 def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:

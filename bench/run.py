@@ -268,6 +268,9 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
         rows.append((f"cores busy at {at}", f"worker {r.cpu['workers']:.2f}",
                      f"load generator {r.cpu['this_process']:.2f}; machine {r.cpu['machine']:.2f} of "
                      f"{os.cpu_count()}", "-", "-"))
+        rows.append((f"garbage collections at {at} (each holds the worker's GIL): count, ms in all, p99 ms",
+                     "; ".join(f"gen {g}: {n:,.0f}, {t * 1e3:,.0f}, {q * 1e3:,.1f}" for g, (n, t, q) in r.gc.items())
+                     or "none", "-", "-", "-"))
     if req is not None:
         rows.append((f"GET recommendations p50 / p99 at {req.rate:.0f}/s while ingesting 500/s (open loop, "
                      "from the scheduled time)",
