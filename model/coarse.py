@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CoarseIndex", "gather_rows", "lists_for", "nearest_centroid", "sample_outside", "spherical_kmeans"]
+__all__ = ["CoarseIndex", "KMeansSteps", "gather_rows", "lists_for", "nearest_centroid", "sample_outside", "spherical_kmeans"]
 
 # Training sample: this many vectors per centroid (faiss warns below 39, but a coarse quantiser only has to
 # split the catalogue into groups of similar items; 40 per centroid took 4.9 s at 1,024 groups on one core).
@@ -51,34 +51,84 @@ def lists_for(n_items: int) -> int:
 
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int = 6, seed: int = 0) -> torch.Tensor:
     """``k`` unit centroids of the unit rows of ``x`` (Lloyd's iterations on cosine); an empty group takes
-    the row its centroid explains worst, so every centroid ends up with members.
+    the row its centroid explains worst, so every centroid ends up with members. All at once: the
+    writer thread runs :class:`KMeansSteps` instead, a bounded step a batch.
 
     >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     >>> c = spherical_kmeans(F.normalize(x, dim=1), 2)
     >>> sorted(nearest_centroid(c, F.normalize(x, dim=1)).tolist()) == [0, 0, 1, 1]
     True
     """
-    g = torch.Generator().manual_seed(seed)
-    x = x.float()
-    k = min(k, x.shape[0])
-    centroids = _kmeans_pp(x, k, g)
-    for _ in range(iters):
-        sim = x @ centroids.T
-        best, group = sim.max(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, group, x)
-        counts = torch.bincount(group, minlength=k)
-        empty = (counts == 0).nonzero().flatten()
-        if empty.numel():
-            worst = torch.topk(-best, min(empty.numel(), x.shape[0])).indices
-            sums[empty[: worst.numel()]] = x[worst]
-        centroids = F.normalize(sums, dim=1)
-    return centroids
+    steps = KMeansSteps(x, k, iters=iters, seed=seed)
+    while steps.centroids is None:
+        steps.step()
+    return steps.centroids
 
 
-def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centroid drawn with probability proportional to its squared
-    distance from the nearest one chosen (random seeds put two centroids in one cluster and leave
-    another without, which Lloyd's iterations rarely undo)."""
+class KMeansSteps:
+    """:func:`spherical_kmeans` cut into bounded steps, the same centroids at the end: the k-means++
+    seeding ``SEED_STEP`` centroids at a time, then each Lloyd iteration ``ROWS_STEP`` rows at a time
+    (the sums of a pass accumulate across steps). At 1,024 groups over 16k rows the whole took 1.6 s in
+    one call, which stopped the writer thread, and every batch behind it, for that long.
+
+    >>> x = F.normalize(torch.randn(40, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    >>> steps = KMeansSteps(x, 3, iters=2, rows_step=16)
+    >>> n = 0
+    >>> while steps.centroids is None:
+    ...     n += steps.step()
+    >>> n, torch.allclose(steps.centroids, spherical_kmeans(x, 3, iters=2))  # 1 seeding + 2 x 3 row steps
+    (7, True)
+    """
+
+    SEED_STEP = 128
+    ROWS_STEP = 4_096
+
+    def __init__(self, x: torch.Tensor, k: int, iters: int = 6, seed: int = 0, rows_step: int = ROWS_STEP) -> None:
+        self.g = torch.Generator().manual_seed(seed)
+        self.x = x.float()
+        self.k = min(k, self.x.shape[0])
+        self.iters, self.rows_step = iters, rows_step
+        self.centroids: torch.Tensor | None = None  # set when done
+        self._seeding = _kmeans_pp(self.x, self.k, self.g)  # a generator: SEED_STEP centroids a step
+        self._current: torch.Tensor | None = None
+        self._iter = self._pos = 0
+
+    def step(self) -> int:
+        """One bounded step; returns 1 (0 once done)."""
+        if self.centroids is not None:
+            return 0
+        if self._current is None:
+            self._current = next(self._seeding)  # None until the seeding is complete
+            if self._current is not None and self.iters == 0:
+                self.centroids = self._current
+            return 1
+        if self._pos == 0:
+            self._sums = torch.zeros_like(self._current)
+            self._best = torch.empty(self.x.shape[0], device=self.x.device)
+            self._counts = torch.zeros(self.k, dtype=torch.long, device=self.x.device)
+        rows = self.x[self._pos:self._pos + self.rows_step]
+        best, group = (rows @ self._current.T).max(dim=1)
+        self._sums.index_add_(0, group, rows)
+        self._counts += torch.bincount(group, minlength=self.k)
+        self._best[self._pos:self._pos + rows.shape[0]] = best
+        self._pos += rows.shape[0]
+        if self._pos >= self.x.shape[0]:  # a pass complete: the new centroids
+            empty = (self._counts == 0).nonzero().flatten()
+            if empty.numel():
+                worst = torch.topk(-self._best, min(empty.numel(), self.x.shape[0])).indices
+                self._sums[empty[: worst.numel()]] = self.x[worst]
+            self._current = F.normalize(self._sums, dim=1)
+            self._pos, self._iter = 0, self._iter + 1
+            if self._iter == self.iters:
+                self.centroids = self._current
+        return 1
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator):
+    """k-means++ seeding, as a generator: None after each ``KMeansSteps.SEED_STEP`` centroids, then the
+    centroids. Each next centroid is drawn with probability proportional to its squared distance from
+    the nearest one chosen (random seeds put two centroids in one cluster and leave another without,
+    which Lloyd's iterations rarely undo)."""
     # Seeded from a subsample of 4 rows per centroid: the draw is sequential (k steps over the rows),
     # 3.4 s for 1,024 centroids over 16k rows here, 0.4 s this way; Lloyd's iterations use every row.
     x = x[torch.randperm(x.shape[0], generator=g)[: 4 * k].to(x.device)]
@@ -87,12 +137,14 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     dist = (2.0 - 2.0 * (x @ x[first])).clamp_min(0.0)  # squared distance of unit vectors
     u = torch.rand(k, generator=g, dtype=torch.float64)
     for step in range(1, k):
+        if step % KMeansSteps.SEED_STEP == 0:
+            yield None
         cum = dist.double().cumsum(0)
         total = float(cum[-1])
         nxt = int(torch.searchsorted(cum, u[step] * total).clamp_max(x.shape[0] - 1)) if total > 0 else step
         chosen.append(nxt)
         dist = torch.minimum(dist, (2.0 - 2.0 * (x @ x[nxt])).clamp_min(0.0))
-    return x[chosen].clone()
+    yield x[chosen].clone()
 
 
 def nearest_centroid(centroids: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
@@ -123,6 +175,23 @@ def gather_rows(matrix: torch.Tensor, rows: torch.Tensor, scratch: dict) -> torc
     return torch.index_select(matrix, 0, rows, out=buf[: shape[0]])
 
 
+class CoarseTraining:
+    """A coarse index being trained a bounded step at a time (:meth:`CoarseIndex.training`)."""
+
+    def __init__(self, steps: KMeansSteps, capacity: int, trained_on: int) -> None:
+        self.steps, self.capacity, self.trained_on = steps, capacity, trained_on
+        self.index: CoarseIndex | None = None  # set by the last step
+
+    def step(self) -> int:
+        """One step of the k-means; returns 1, 0 once the index is built."""
+        if self.index is not None:
+            return 0
+        self.steps.step()
+        if self.steps.centroids is not None:
+            self.index = CoarseIndex(self.steps.centroids, self.capacity, self.trained_on)
+        return 1
+
+
 class CoarseIndex:
     """Centroids and each row's group (-1: not assigned yet, always a candidate)."""
 
@@ -142,12 +211,23 @@ class CoarseIndex:
 
     @classmethod
     def train(cls, vecs: torch.Tensor, *, k: int | None = None, capacity: int, seed: int = 0) -> "CoarseIndex":
-        """Centroids from a sample of ``vecs`` (the valid item vectors); no row assigned yet."""
-        k = k or lists_for(vecs.shape[0])
+        """Centroids from a sample of ``vecs`` (the valid item vectors), at once; no row assigned yet."""
+        training = cls.training(vecs, k=k, capacity=capacity, seed=seed)
+        while training.step():
+            pass
+        return training.index
+
+    @classmethod
+    def training(cls, vecs: torch.Tensor, *, k: int | None = None, capacity: int, seed: int = 0,
+                 rows: torch.Tensor | None = None) -> "CoarseTraining":
+        """The same training in bounded steps (:class:`CoarseTraining`). ``rows``: the rows of ``vecs`` to
+        sample from (the valid ones), so that only the sample is read, not a copy of every valid row."""
+        n = vecs.shape[0] if rows is None else rows.numel()
+        k = k or lists_for(n)
         g = torch.Generator().manual_seed(seed)
-        take = min(vecs.shape[0], SAMPLE_PER_LIST * k)
-        sample = vecs[torch.randperm(vecs.shape[0], generator=g)[:take].to(vecs.device)]
-        return cls(spherical_kmeans(sample, k, seed=seed), capacity, vecs.shape[0])
+        pick = torch.randperm(n, generator=g)[: min(n, SAMPLE_PER_LIST * k)].to(vecs.device)
+        sample = vecs[pick if rows is None else rows[pick]]
+        return CoarseTraining(KMeansSteps(sample, k, seed=seed), capacity, n)
 
     @property
     def lists(self) -> int:

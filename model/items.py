@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coldstart.model.coarse import CoarseIndex
+from coldstart.model.coarse import CoarseIndex, CoarseTraining
 from coldstart.model.encoder import EmbeddingCache, TextEncoder
 from coldstart.model.retrieval import item_text_vector, popularity_scores
 
@@ -45,6 +45,11 @@ class _NoQueries(collections.Counter):
 
 
 NO_QUERIES = _NoQueries()
+
+
+# A coarse index's k-means over at most this many (sample rows x groups) runs in one call (~40 ms on a
+# core); a larger one a step a batch (model/coarse.py KMeansSteps).
+SMALL_KMEANS = 500_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class ItemIndex:
         # and the next one while its rows are being assigned (it replaces the first when complete).
         self.coarse: CoarseIndex | None = None
         self._coarse_next: CoarseIndex | None = None
+        self._coarse_training: CoarseTraining | None = None  # the next one's k-means, a step a batch
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -221,8 +227,9 @@ class ItemIndex:
     def maintain_coarse(self, min_items: int, budget: int = 2048) -> int:
         """Keep the coarse index (model/coarse.py) up with the catalogue, a bounded step at a time (the
         writer thread calls it once a batch): trained once ``min_items`` items have vectors (0: never)
-        and again whenever their number doubled, then at most ``budget`` rows assigned per call (~25 ms
-        at 1,024 groups on one core). Returns the rows assigned.
+        and again whenever their number doubled (the k-means a bounded step a call where it is large),
+        then at most ``budget`` rows assigned per call (~25 ms at 1,024 groups on one core). Returns the
+        rows assigned, 1 for a step of training, 0 when there was nothing to do.
 
         >>> idx = ItemIndex(4, torch.device("cpu"))
         >>> for i in range(64):
@@ -238,11 +245,22 @@ class ItemIndex:
             return 0
         if self.coarse is not None and self.coarse.lists_stale(n):
             self.coarse.rebuild_lists(n)  # the inverted lists behind by a fifth: sorted again
-        if self._coarse_next is None:
+        if self._coarse_next is None and self._coarse_training is None:
             n_valid = int(self.valid[:n].sum())
             if n_valid < min_items or (self.coarse is not None and n_valid < 2 * self.coarse.trained_on):
                 return 0
-            self._coarse_next = CoarseIndex.train(self.vectors[:n][self.valid[:n]], capacity=self.vectors.shape[0])
+            self._coarse_training = CoarseIndex.training(self.vectors, capacity=self.vectors.shape[0],
+                                                         rows=self.valid[:n].nonzero().flatten())
+        if self._coarse_training is not None:
+            # k-means a step a batch (1.6 s at once at 1M items: a stall of the writer and every batch),
+            # unless the whole of it is small
+            training = self._coarse_training
+            small = training.steps.x.shape[0] * training.steps.k <= SMALL_KMEANS
+            while training.step() and small:
+                pass
+            if training.index is None:
+                return 1
+            self._coarse_next, self._coarse_training = training.index, None
         nxt = self._coarse_next
         done = nxt.assign_next(self.vectors, n, budget)
         if nxt.complete(n):

@@ -118,3 +118,19 @@ def test_rows_drawn_outside_the_candidates_are_uniform_over_the_catalogue() -> N
     assert int(drawn.sum()) == 500 and not bool(torch.isin(union[drawn], rows).any())
     assert 4_500 < float(picked.mean()) < 5_500 and float(picked.max()) > 9_000  # the whole range, not its start
     assert float(log_w[drawn].exp().sum()) == pytest.approx(10_000 - rows.numel())
+
+
+def test_a_large_k_means_runs_a_bounded_step_a_call_and_ends_where_one_call_would(monkeypatch) -> None:
+    """At 1M items the k-means took 1.6 s in one call on the writer thread: every batch behind it waited.
+    Above a small size it runs a step a call (the seeding, then each Lloyd pass in row chunks) and
+    reaches the same centroids; assignment follows in its budgets as before."""
+    import coldstart.model.items as items_module
+
+    monkeypatch.setattr(items_module, "SMALL_KMEANS", 0)  # 512 sample rows x 32 groups: stepped here
+    idx = index_with(1_000)
+    calls = []
+    while (done := idx.maintain_coarse(500, budget=300)):
+        calls.append(done)
+    assert calls == [1] * 6 + [300, 300, 300, 100], calls  # seeding + 5 passes, the 6th ends in the assigning call
+    at_once = CoarseIndex.train(idx.vectors[:1_000][idx.valid[:1_000]], capacity=idx.vectors.shape[0])
+    assert torch.allclose(idx.coarse.centroids, at_once.centroids, atol=1e-5)
