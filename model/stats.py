@@ -62,8 +62,12 @@ class StreamStats:
         self.pop: dict[str, float] = {}
         self.pop_origin: float | None = None
         self.newest_ts = 0.0
-        self.user_recent: OrderedDict[str, list[str]] = OrderedDict()  # user -> last clicked items
-        self._undo: OrderedDict[str, list[tuple[dict, str, float]]] = OrderedDict()
+        # user -> last clicked items. Tuples, and one flat tuple of (row, key, delta) triples per remembered
+        # click in ``_undo``: a list per user and a list of tuples per click were ~450,000 containers after
+        # 170k clicks, which every full garbage collection walks with the GIL held (a tuple of strings
+        # even leaves the collector's lists after its first visit).
+        self.user_recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._undo: OrderedDict[str, tuple] = OrderedDict()
         self._seen_cap = seen_clicks
         self.clicks = 0
         # For row-indexed readers (RowStats): which items' pop / first_seen changed, appended by the one
@@ -77,18 +81,18 @@ class StreamStats:
         """Count one click; False (and no change) when its event id was already counted."""
         if event_id in self._undo:
             return False
-        undo: list[tuple[dict, str, float]] = []
+        undo: list = []  # flat (row, key, delta) triples, stored as one tuple
         self.clicks += 1
         self.newest_ts = max(self.newest_ts, ts)
         self.first_seen.setdefault(item_id, ts)
-        recent = self.user_recent.pop(user_id, [])
+        recent = self.user_recent.pop(user_id, ())
         if recent:
             self._add(self._row(self.transitions, recent[-1]), item_id, 1.0, undo)
             for other in recent[-self.coclick_window:]:
                 if other != item_id:
                     self._add(self._row(self.coclicks, other), item_id, 1.0, undo)
                     self._add(self._row(self.coclicks, item_id), other, 1.0, undo)
-        recent = (recent + [item_id])[-self.coclick_window:]
+        recent = (*recent[1 - self.coclick_window:], item_id) if self.coclick_window > 1 else (item_id,)
         self.user_recent[user_id] = recent
         if len(self.user_recent) > self.max_users:
             self.user_recent.popitem(last=False)
@@ -106,7 +110,7 @@ class StreamStats:
             self._rebase()
         self._add(self.pop, item_id, growth((ts - self.pop_origin) / self.half_life_s), undo)
         self._mark(item_id)
-        self._undo[event_id] = undo
+        self._undo[event_id] = tuple(undo)
         while len(self._undo) > self._seen_cap:
             self._undo.popitem(last=False)
         return True
@@ -120,7 +124,7 @@ class StreamStats:
     @contextlib.contextmanager
     def excluding(self, event_id: str) -> Iterator[None]:
         """Read the statistics as if the click ``event_id`` had not been counted yet."""
-        undo = self._undo.get(event_id, [])
+        undo = self._undo.get(event_id, ())
         self._apply(undo, -1.0)
         try:
             yield
@@ -143,14 +147,14 @@ class StreamStats:
         for event_id in event_ids:
             undo = self._undo.get(event_id)
             if undo is None:  # not counted (yet): blocked
-                self._undo[event_id] = []
+                self._undo[event_id] = ()
                 while len(self._undo) > self._seen_cap:
                     self._undo.popitem(last=False)
                 continue
             if not undo:
                 continue
             self._apply(undo, -1.0)
-            self._undo[event_id] = []  # kept (empty): a redelivery of it is still a duplicate
+            self._undo[event_id] = ()  # kept (empty): a redelivery of it is still a duplicate
             removed += 1
         return removed
 
@@ -161,7 +165,11 @@ class StreamStats:
         >>> sorted(s.items_of(["e1", "e2", "never"]))
         ['a', 'b']
         """
-        return {key for event_id in event_ids for row, key, _ in self._undo.get(event_id, ()) if row is self.pop}
+        out = set()
+        for event_id in event_ids:
+            undo = self._undo.get(event_id, ())
+            out.update(undo[i + 1] for i in range(0, len(undo), 3) if undo[i] is self.pop)
+        return out
 
     # ------------------------------------------------------------------------------ reads
     def popularity(self, item_id: str, now: float) -> float:
@@ -198,9 +206,10 @@ class StreamStats:
                 table.pop(next(iter(table)))  # bounded: the oldest source item goes
         return row
 
-    def _apply(self, undo: list[tuple[dict, str, float]], sign: float) -> None:
-        """Add (``sign`` 1) or take out (-1) one click's recorded deltas."""
-        for table, key, delta in undo:
+    def _apply(self, undo: tuple, sign: float) -> None:
+        """Add (``sign`` 1) or take out (-1) one click's recorded deltas (flat ``row, key, delta`` triples)."""
+        for i in range(0, len(undo), 3):
+            table, key, delta = undo[i], undo[i + 1], undo[i + 2]
             table[key] = table.get(key, 0.0) + sign * delta
             if table is self.pop:
                 self._mark(key)
@@ -211,17 +220,18 @@ class StreamStats:
             weakest = min(row, key=row.__getitem__)
             del row[weakest]
         row[key] = row.get(key, 0.0) + delta
-        undo.append((row, key, delta))
+        undo += (row, key, delta)  # flat: one tuple per click when stored (observe)
 
     def _rebase(self) -> None:
         shift = growth((self.pop_origin - self.newest_ts) / self.half_life_s)
         for k in self.pop:
             self.pop[k] *= shift
         # Remembered increments are in the old scale; rescale them too so exclusion stays exact.
-        for undo in self._undo.values():
-            for i, (table, key, delta) in enumerate(undo):
-                if table is self.pop:
-                    undo[i] = (table, key, delta * shift)
+        rescaled = {event_id: tuple(v * shift if i % 3 == 2 and undo[i - 2] is self.pop else v
+                                    for i, v in enumerate(undo))
+                    for event_id, undo in self._undo.items()
+                    if any(undo[i] is self.pop for i in range(0, len(undo), 3))}
+        self._undo.update(rescaled)  # existing keys: the order (oldest first) stays
         self.pop_origin = self.newest_ts
         self.rebases += 1  # every raw count changed: row readers refill
 
