@@ -172,6 +172,12 @@ def build_version(registry, version: str, settings: Settings, snapshot) -> Servi
     loaded = registry.load(version)
     # The version's own item vectors stand in for encoding the same texts again (one vector space).
     shipped = (loaded.item_texts, loaded.item_vectors) if loaded.item_texts is not None else None
-    return ServingModel.load(path=loaded.path, device=settings.device, version=loaded.version,
-                             cache_size=settings.embedding_cache_size, items=snapshot, shipped=shipped,
-                             precision=settings.encoder_precision)
+    model = ServingModel.load(path=loaded.path, device=settings.device, version=loaded.version,
+                              cache_size=settings.embedding_cache_size, items=snapshot, shipped=shipped,
+                              precision=settings.encoder_precision)
+    # Another vector space needs its own coarse index (COLDSTART_ANN_MIN_ITEMS): built here, off the serving
+    # path, so the version serves its candidates from the first request. Left to the writer's bounded steps,
+    # a million rows took ~490 batches to assign, each batch and request scoring every item meanwhile.
+    while model.items.maintain_coarse(settings.ann_min_items, budget=65_536):
+        pass
+    return model

@@ -149,3 +149,21 @@ def test_rollback_restores_previous_version(swap_worker, kafka_bootstrap, encode
     rollback(settings, first)
     wait_version(worker, unique("u"), first)
     assert registry.current() == first
+
+
+def test_a_new_version_builds_its_coarse_index_before_it_serves(tmp_path, encoder):
+    """At scale (COLDSTART_ANN_MIN_ITEMS) a version's item index is in its own vector space and needs its
+    own coarse index: built with the version, off the serving path, so it serves the coarse path from its
+    first request; below the threshold none is built."""
+    from coldstart.model.items import ItemIndex
+    from coldstart.streams.swap import build_version
+
+    registry = Registry(tmp_path / "registry")
+    version = publish(registry, encoder)
+    live = ItemIndex(encoder.dim, encoder.device)
+    for i in range(300):
+        live.upsert(f"sku{i}", f"product {i} of kind {i % 7}")
+    above, below = live.copy_metadata(), live.copy_metadata()
+    model = build_version(registry, version, Settings(device="cpu", ann_min_items=100), above)
+    assert model.items.coarse is not None and model.items.coarse.complete(300)
+    assert build_version(registry, version, Settings(device="cpu", ann_min_items=1_000), below).items.coarse is None
