@@ -20,7 +20,7 @@ that slows down is still a bot, and its earlier events were the evidence.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 __all__ = ["BOT_REASONS", "ActivityGuard", "AnomalyRules", "UserActivity", "bot_reason"]
@@ -44,27 +44,31 @@ class AnomalyRules:
             raise ValueError(f"anomaly thresholds must be at least 2: {self}")
 
 
+SEEN_EVENTS = 256  # event ids kept per user: a redelivery counts once, and a flagged user's are retracted
+
+
 @dataclass
 class UserActivity:
-    """The counters of one user: recent event times (bounded) and per-item click counts (bounded)."""
+    """The counters of one user: recent event times (bounded), per-item click counts (bounded), the
+    rule that flagged them, and the ids of their recent events."""
 
-    times: deque = field(default_factory=deque)
+    times: tuple[float, ...] = ()
     item_clicks: dict[str, int] = field(default_factory=dict)
     flagged: str | None = None
-    seen: deque = field(default_factory=lambda: deque(maxlen=256))  # event ids: a redelivery counts once
+    seen: tuple[str, ...] = ()
 
 
-def span_of_last(times: deque, n: int) -> float | None:
+def span_of_last(times: tuple[float, ...], n: int) -> float | None:
     """Seconds covered by the last ``n`` event times, or None with fewer than ``n``.
 
-    >>> span_of_last(deque([0.0, 5.0, 9.0, 10.0]), 3)
+    >>> span_of_last((0.0, 5.0, 9.0, 10.0), 3)
     5.0
-    >>> span_of_last(deque([0.0]), 3) is None
+    >>> span_of_last((0.0,), 3) is None
     True
     """
     if len(times) < n:
         return None
-    last = list(times)[-n:]
+    last = times[-n:]
     return max(last) - min(last)
 
 
@@ -72,11 +76,11 @@ def bot_reason(activity: UserActivity, rules: AnomalyRules) -> str | None:
     """The first rule the counters break, or None: a pure function of the counters.
 
     >>> rules = AnomalyRules(burst_events=3, burst_window_s=10.0)
-    >>> bot_reason(UserActivity(times=deque([0.0, 2.0, 4.0])), rules)
+    >>> bot_reason(UserActivity(times=(0.0, 2.0, 4.0)), rules)
     'impossible_rate'
-    >>> bot_reason(UserActivity(times=deque([0.0, 20.0, 40.0])), rules) is None
+    >>> bot_reason(UserActivity(times=(0.0, 20.0, 40.0)), rules) is None
     True
-    >>> bot_reason(UserActivity(times=deque([0.0]), item_clicks={"i": 30}), rules)
+    >>> bot_reason(UserActivity(times=(0.0,), item_clicks={"i": 30}), rules)
     'same_item_repeated'
     """
     span = span_of_last(activity.times, rules.burst_events)
@@ -103,43 +107,63 @@ class ActivityGuard:
     def __init__(self, rules: AnomalyRules | None = None, max_users: int = 200_000) -> None:
         self.rules = rules or AnomalyRules()
         self.max_users = max_users
-        self._users: OrderedDict[str, UserActivity] = OrderedDict()
+        # user id -> (event times, (item, clicks) pairs, flagged reason, recent event ids): tuples of
+        # floats, of pairs and of str, and a str or None, which the garbage collector stops tracking once
+        # it has seen them (issue 11; a deque, an array.array, a list, or a tuple holding a dict, it
+        # tracks for ever). As a dataclass with two deques a user, the guard was 240k of the 350k
+        # objects every full collection of a worker scanned after a replay (~90 MB of deque blocks too).
+        self._users: OrderedDict[str, tuple[tuple[float, ...], tuple[tuple[str, int], ...], str | None, tuple[str, ...]]] = OrderedDict()
         self.flagged_events: dict[str, int] = {}
         # The earlier events of users flagged since the last take_retractions(): they passed while the
         # evidence built up (a flood is flagged at its 20th or 200th event) and were applied, so the
         # caller takes them back out of what other users see (popularity, co-clicks, transitions).
         self._retract: list[tuple[str, str]] = []  # (user id, event id)
 
+    @property
+    def n_users(self) -> int:
+        """Users with counters (at most ``max_users``). Not ``__len__``: a guard with no users yet is
+        still a guard (``self.guard and self.guard.observe(...)``)."""
+        return len(self._users)
+
+    def activity(self, user_id: str) -> UserActivity | None:
+        """A copy of ``user_id``'s counters, or None."""
+        record = self._users.get(user_id)
+        if record is None:
+            return None
+        times, item_clicks, flagged, seen = record
+        return UserActivity(times, dict(item_clicks), flagged, seen)
+
     def observe(self, user_id: str, ts: float, item_id: str | None = None, event_id: str | None = None) -> str | None:
         """Count one event (``item_id`` for a click) and return the reason to flag it, or None.
 
         An ``event_id`` seen before (at-least-once redelivery) is not counted again.
         """
-        activity = self._users.pop(user_id, None) or UserActivity()
-        self._users[user_id] = activity  # most recently used last
+        record = self._users.pop(user_id, None)
+        times, clicks, flagged, seen = record if record is not None else ((), (), None, ())
+        if event_id is not None and event_id in seen:
+            self._users[user_id] = (times, clicks, flagged, seen)
+            return flagged
+        if event_id is not None:
+            seen = (seen + (event_id,))[-SEEN_EVENTS:]
+        rules = self.rules
+        times = (times + (float(ts),))[-max(rules.burst_events, rules.flood_events):]
+        item_clicks = dict(clicks)
+        if item_id is not None:
+            item_clicks[item_id] = item_clicks.get(item_id, 0) + 1
+            if len(item_clicks) > rules.max_items_tracked:
+                del item_clicks[min(item_clicks, key=item_clicks.__getitem__)]
+            clicks = tuple(item_clicks.items())
+        if flagged is None:
+            flagged = bot_reason(UserActivity(times, item_clicks), rules)
+            if flagged is not None:  # the evidence: every event before this one
+                earlier = seen[:-1] if event_id is not None else seen
+                self._retract.extend((user_id, e) for e in earlier)
+        if flagged is not None:
+            self.flagged_events[flagged] = self.flagged_events.get(flagged, 0) + 1
+        self._users[user_id] = (times, clicks, flagged, seen)  # most recently used last
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
-        if event_id is not None:
-            if event_id in activity.seen:
-                return activity.flagged
-            activity.seen.append(event_id)
-        rules = self.rules
-        activity.times.append(float(ts))
-        while len(activity.times) > max(rules.burst_events, rules.flood_events):
-            activity.times.popleft()
-        if item_id is not None:
-            clicks = activity.item_clicks
-            clicks[item_id] = clicks.get(item_id, 0) + 1
-            if len(clicks) > rules.max_items_tracked:
-                del clicks[min(clicks, key=clicks.__getitem__)]
-        if activity.flagged is None:
-            activity.flagged = bot_reason(activity, rules)
-            if activity.flagged is not None:  # the evidence: every event before this one
-                earlier = list(activity.seen)
-                self._retract.extend((user_id, e) for e in (earlier[:-1] if event_id is not None else earlier))
-        if activity.flagged is not None:
-            self.flagged_events[activity.flagged] = self.flagged_events.get(activity.flagged, 0) + 1
-        return activity.flagged
+        return flagged
 
     def take_retractions(self) -> list[tuple[str, str]]:
         """``(user id, event id)`` of newly flagged users' earlier events (at most the last 256 per
@@ -159,9 +183,8 @@ class ActivityGuard:
 
     def reason(self, user_id: str) -> str | None:
         """The rule ``user_id`` was flagged by, or None."""
-        activity = self._users.get(user_id)
-        return activity.flagged if activity is not None else None
+        record = self._users.get(user_id)
+        return record[2] if record is not None else None
 
     def is_flagged(self, user_id: str) -> bool:
-        activity = self._users.get(user_id)
-        return activity is not None and activity.flagged is not None
+        return self.reason(user_id) is not None

@@ -88,11 +88,29 @@ def test_counters_are_bounded() -> None:
     for k in range(10):
         guard.observe("u", float(k * 1000), f"i{k}")
         guard.observe(f"other{k}", 0.0)
-    assert len(guard._users) == 2
+    assert guard.n_users == 2
     guard = ActivityGuard(AnomalyRules(max_items_tracked=3))
     for k in range(10):
         guard.observe("u", float(k * 1000), f"i{k}")
-    assert len(guard._users["u"].item_clicks) == 3
-    assert len(guard._users["u"].times) <= 200
+    assert len(guard.activity("u").item_clicks) == 3
+    assert len(guard.activity("u").times) <= 200
     with pytest.raises(ValueError):
         AnomalyRules(burst_events=1)
+
+
+def test_counters_of_many_users_leave_nothing_for_the_garbage_collector_to_scan() -> None:
+    # issue 11: every full collection scans every tracked object while holding the GIL; a worker's
+    # guard holds counters for up to 200k users, so they must not be tracked containers.
+    import gc
+
+    guard = ActivityGuard()
+    gc.collect()
+    before = len(gc.get_objects())
+    for u in range(2_000):
+        for k in range(3):
+            guard.observe(f"u{u}", float(k), f"i{k}", event_id=f"e{u}-{k}")
+    gc.collect()
+    gc.collect()  # a tuple is untracked when a collection finds its items untracked: inner ones first
+    assert guard.n_users == 2_000
+    assert len(gc.get_objects()) - before < 20
+    assert guard.activity("u7").seen == ("e7-0", "e7-1", "e7-2")
