@@ -393,7 +393,8 @@ class Worker:
             except Exception as exc:  # a parser bug costs this event, not the batch
                 await self.dead_letter(internal_error(exc), event)
                 continue
-            reason = self.guard and self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
+            reason = (self.guard.observe(ev.user_id, ev.ts, getattr(ev, "item_id", None), ev.event_id)
+                      if self.guard is not None else None)
             if reason:  # issue 10: never applied to profiles, popularity or samples; visible in the DLQ
                 await self.dead_letter(bot_event(reason, ev.user_id), event)
                 flagged.append(ev.event_id)

@@ -195,13 +195,11 @@ class BatchProcessor:
             chunks = [positions[k:k + IMPORTANCE_CHUNK] for k in range(0, len(positions), IMPORTANCE_CHUNK)]
         else:  # every item, in one product for the batch
             chunks = [positions]
-            valid_index = torch.cumsum(item_valid.long(), 0) - 1  # catalog row -> row among valid items
-            vecs, log_w, column_of = item_vecs[item_valid], None, (lambda rows: valid_index[rows])
+            every = ScoredColumns.of(item_vecs, item_valid.nonzero().squeeze(1), None)
         for chunk in chunks:
             ctx_all = torch.stack([contexts[i] for i in chunk])
-            if sampled:
-                vecs, log_w, column_of = self._sampled_columns(events, chunk, ctx_all, targets, item_vecs,
-                                                               item_valid, n)
+            cols = self._sampled_columns(events, chunk, ctx_all, targets, item_vecs, item_valid, n) if sampled else every
+            vecs, log_w = cols.vecs, cols.log_weights
             searches = [k for k, i in enumerate(chunk) if i not in targets]
             clicks = [k for k, i in enumerate(chunk) if i in targets]
             if searches:
@@ -211,7 +209,7 @@ class BatchProcessor:
                     out[chunk[k]] = (wi, 0.0)
             if clicks:
                 ctx = ctx_all[clicks]
-                target = column_of(torch.tensor([targets[chunk[k]] for k in clicks], device=dev))
+                target = cols.column_of(torch.tensor([targets[chunk[k]] for k in clicks], device=dev))
                 loss = catalog_loss(ctx, vecs, target, log_weights=log_w)
                 p = torch.tensor([prior[chunk[k]] for k in clicks], device=dev, dtype=torch.float32)
                 w = self._click_weights(loss, ctx, vecs, target, p, max(n_items, 2), log_w)
@@ -220,14 +218,14 @@ class BatchProcessor:
         return self._unscored(events, out, prior, n_items)
 
     def _sampled_columns(self, events, chunk: list[int], contexts: torch.Tensor, targets: dict[int, int],
-                         item_vecs: torch.Tensor, item_valid: torch.Tensor, n: int):
+                         item_vecs: torch.Tensor, item_valid: torch.Tensor, n: int) -> "ScoredColumns":
         """Where the coarse index serves (``COLDSTART_ANN_MIN_ITEMS``), a chunk of events is scored against
         the items of the ``IMPORTANCE_PROBE`` groups nearest to each context and its clicked items, exactly
         (the head of each softmax), and ``COLDSTART_IMPORTANCE_SAMPLE`` items drawn uniformly from the rest,
         each standing for the rows it samples (:func:`sample_outside`). Scored against every item, one batch
         took 1.0 s at 100k items and 32 events, 28 s at 1M and 256 (README, performance). Drawn with a seed
         from the chunk's event ids, so a batch redelivered whole is scored alike. Returns the columns'
-        vectors, their log weights and the columns of given catalogue rows (those of ``targets``)."""
+        vectors, their log weights and their catalogue rows."""
         dev = self.model.device
         clicked = torch.tensor([targets[i] for i in chunk if i in targets], dtype=torch.long, device=dev)
         rows = torch.unique(torch.cat([self.model.items.coarse.candidates(contexts, n, IMPORTANCE_PROBE), clicked]))
@@ -235,8 +233,7 @@ class BatchProcessor:
         rows, log_w, _ = sample_outside(rows, n, self.settings.importance_sample, seed)
         keep = item_valid[rows]  # a drawn or unassigned row without a vector is no item
         rows, log_w = rows[keep], log_w[keep]  # still ascending
-        return (gather_rows(item_vecs, rows, self._scratch), log_w,
-                lambda wanted: torch.searchsorted(rows, wanted))
+        return ScoredColumns(gather_rows(item_vecs, rows, self._scratch), log_w, rows)
 
     def _unscored(self, events, out: list[tuple[float, float]], prior: list[int], n_items: int):
         # Clicks the model cannot score yet (an item with no vector, no context): neutral weight,
@@ -252,6 +249,29 @@ class BatchProcessor:
         """issue 10: weights of ``COLDSTART_IMPORTANCE_ESTIMATOR`` (the function the benchmark measures)."""
         return click_weights(self.settings.importance_estimator, loss, prior, n_items, context=ctx,
                              item_vecs=item_vecs, target=target, lines=self.noise_lines, log_weights=log_weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredColumns:
+    """The items a chunk of events is scored against: their vectors, the log of how many catalogue rows
+    each stands for (None: itself only, the exact sums) and their catalogue rows, ascending.
+
+    >>> cols = ScoredColumns.of(torch.eye(4), torch.tensor([0, 2, 3]), None)
+    >>> cols.vecs.shape, cols.column_of(torch.tensor([3, 0])).tolist()
+    (torch.Size([3, 4]), [2, 0])
+    """
+
+    vecs: torch.Tensor
+    log_weights: torch.Tensor | None
+    rows: torch.Tensor
+
+    @classmethod
+    def of(cls, item_vecs: torch.Tensor, rows: torch.Tensor, log_weights: torch.Tensor | None) -> "ScoredColumns":
+        return cls(item_vecs[rows], log_weights, rows)
+
+    def column_of(self, catalog_rows: torch.Tensor) -> torch.Tensor:
+        """The columns of given catalogue rows (each one of :attr:`rows`)."""
+        return torch.searchsorted(self.rows, catalog_rows)
 
 
 # Where the coarse index serves: a batch's importance is scored a chunk of this many events at a time,

@@ -205,7 +205,7 @@ def test_where_the_coarse_index_serves_a_batch_is_scored_against_near_items_and_
 
         def spy(*args):
             found = columns(*args)
-            scored_against.append(found[0].shape[0])
+            scored_against.append(found.vecs.shape[0])
             return found
 
         processor._sampled_columns = spy
