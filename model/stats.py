@@ -38,6 +38,10 @@ import torch
 
 __all__ = ["RowStats", "StreamStats"]
 
+# Which table an undo entry's delta went to (StreamStats._undo: by index and row key, not by the row
+# dict itself, so that the garbage collector stops tracking the records).
+UNDO_TRANSITIONS, UNDO_COCLICKS, UNDO_QUERIES, UNDO_POP = 0, 1, 2, 3
+
 # Items whose popularity or first-seen time changed since a reader last looked (RowStats drains it);
 # past this many unread changes the oldest are dropped and the next read refills every row instead.
 CHANGE_LOG = 1_000_000
@@ -62,12 +66,14 @@ class StreamStats:
         self.pop: dict[str, float] = {}
         self.pop_origin: float | None = None
         self.newest_ts = 0.0
-        # user -> last clicked items. Tuples, and one flat tuple of (row, key, delta) triples per remembered
-        # click in ``_undo``: a list per user and a list of tuples per click were ~450,000 containers after
-        # 170k clicks, which every full garbage collection walks with the GIL held (a tuple of strings
-        # even leaves the collector's lists after its first visit).
+        # user -> last clicked items. Tuples, and one flat tuple of (table, row key, key, delta) entries per
+        # remembered click in ``_undo``: a list per user and a list of tuples per click were ~450,000
+        # containers after 170k clicks, which every full garbage collection walks with the GIL held. A
+        # tuple of strings and numbers leaves the collector's lists after its first visit; one holding a
+        # row dict (the undo records' first form) never does: 76k of a worker's 96k tracked objects.
         self.user_recent: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._undo: OrderedDict[str, tuple] = OrderedDict()
+        self._tables = (self.transitions, self.coclicks, self.query_clicks)  # by UNDO_* index
         self._seen_cap = seen_clicks
         self.clicks = 0
         # For row-indexed readers (RowStats): which items' pop / first_seen changed, appended by the one
@@ -81,34 +87,33 @@ class StreamStats:
         """Count one click; False (and no change) when its event id was already counted."""
         if event_id in self._undo:
             return False
-        undo: list = []  # flat (row, key, delta) triples, stored as one tuple
+        undo: list = []  # flat (table, row key, key, delta) entries, stored as one tuple
         self.clicks += 1
         self.newest_ts = max(self.newest_ts, ts)
         self.first_seen.setdefault(item_id, ts)
         recent = self.user_recent.pop(user_id, ())
         if recent:
-            self._add(self._row(self.transitions, recent[-1]), item_id, 1.0, undo)
+            self._add(UNDO_TRANSITIONS, recent[-1], item_id, 1.0, undo)
             for other in recent[-self.coclick_window:]:
                 if other != item_id:
-                    self._add(self._row(self.coclicks, other), item_id, 1.0, undo)
-                    self._add(self._row(self.coclicks, item_id), other, 1.0, undo)
+                    self._add(UNDO_COCLICKS, other, item_id, 1.0, undo)
+                    self._add(UNDO_COCLICKS, item_id, other, 1.0, undo)
         recent = (*recent[1 - self.coclick_window:], item_id) if self.coclick_window > 1 else (item_id,)
         self.user_recent[user_id] = recent
         if len(self.user_recent) > self.max_users:
             self.user_recent.popitem(last=False)
         if query:
-            row = self.query_clicks.pop(query, None) or {}
-            self.query_clicks[query] = row
+            self.query_clicks[query] = self.query_clicks.pop(query, None) or {}  # most recent last
             if len(self.query_clicks) > self.max_queries:
                 self.query_clicks.popitem(last=False)
-            self._add(row, item_id, 1.0, undo)
+            self._add(UNDO_QUERIES, query, item_id, 1.0, undo)
         # Rebase *before* adding: a click years after the origin (a replayed 2011 log, then live
         # traffic) would otherwise overflow 2 ** (years / half-life) and fail every later click.
         if self.pop_origin is None:
             self.pop_origin = self.newest_ts
         elif (self.newest_ts - self.pop_origin) / self.half_life_s > 500:
             self._rebase()
-        self._add(self.pop, item_id, growth((ts - self.pop_origin) / self.half_life_s), undo)
+        self._add(UNDO_POP, "", item_id, growth((ts - self.pop_origin) / self.half_life_s), undo)
         self._mark(item_id)
         self._undo[event_id] = tuple(undo)
         while len(self._undo) > self._seen_cap:
@@ -168,7 +173,7 @@ class StreamStats:
         out = set()
         for event_id in event_ids:
             undo = self._undo.get(event_id, ())
-            out.update(undo[i + 1] for i in range(0, len(undo), 3) if undo[i] is self.pop)
+            out.update(undo[i + 2] for i in range(0, len(undo), 4) if undo[i] == UNDO_POP)
         return out
 
     # ------------------------------------------------------------------------------ reads
@@ -207,30 +212,41 @@ class StreamStats:
         return row
 
     def _apply(self, undo: tuple, sign: float) -> None:
-        """Add (``sign`` 1) or take out (-1) one click's recorded deltas (flat ``row, key, delta`` triples)."""
-        for i in range(0, len(undo), 3):
-            table, key, delta = undo[i], undo[i + 1], undo[i + 2]
-            table[key] = table.get(key, 0.0) + sign * delta
-            if table is self.pop:
+        """Add (``sign`` 1) or take out (-1) one click's recorded deltas (flat ``table, row key, key,
+        delta`` entries). A row dropped since (the tables are bounded) is left alone: what it held is
+        gone already."""
+        for i in range(0, len(undo), 4):
+            table, row_key, key, delta = undo[i], undo[i + 1], undo[i + 2], undo[i + 3]
+            row = self.pop if table == UNDO_POP else self._tables[table].get(row_key)
+            if row is None:
+                continue
+            row[key] = row.get(key, 0.0) + sign * delta
+            if table == UNDO_POP:
                 self._mark(key)
 
-    def _add(self, row: dict[str, float], key: str, delta: float, undo: list) -> None:
+    def _add(self, table: int, row_key: str, key: str, delta: float, undo: list) -> None:
+        if table == UNDO_POP:
+            row = self.pop
+        elif table == UNDO_QUERIES:
+            row = self.query_clicks[row_key]
+        else:
+            row = self._row(self._tables[table], row_key)
         if key not in row and row is not self.pop and len(row) >= self.max_neighbours:
             # Bounded: a new neighbour replaces the weakest one (its undo entries just stop mattering).
             weakest = min(row, key=row.__getitem__)
             del row[weakest]
         row[key] = row.get(key, 0.0) + delta
-        undo += (row, key, delta)  # flat: one tuple per click when stored (observe)
+        undo += (table, row_key, key, delta)  # flat: one tuple per click when stored (observe)
 
     def _rebase(self) -> None:
         shift = growth((self.pop_origin - self.newest_ts) / self.half_life_s)
         for k in self.pop:
             self.pop[k] *= shift
         # Remembered increments are in the old scale; rescale them too so exclusion stays exact.
-        rescaled = {event_id: tuple(v * shift if i % 3 == 2 and undo[i - 2] is self.pop else v
+        rescaled = {event_id: tuple(v * shift if i % 4 == 3 and undo[i - 3] == UNDO_POP else v
                                     for i, v in enumerate(undo))
                     for event_id, undo in self._undo.items()
-                    if any(undo[i] is self.pop for i in range(0, len(undo), 3))}
+                    if any(undo[i] == UNDO_POP for i in range(0, len(undo), 4))}
         self._undo.update(rescaled)  # existing keys: the order (oldest first) stays
         self.pop_origin = self.newest_ts
         self.rebases += 1  # every raw count changed: row readers refill
