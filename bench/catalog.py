@@ -278,9 +278,8 @@ def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: 
     probe = BatchProcessor(Settings(device=str(dev), ann_min_items=1), model)
     for batch, queries, rows in plan:  # the sampled columns' estimates against every item's, per click
         positions = list(range(len(queries)))
-        cols, log_w, column_of = probe._sampled_columns(batch, positions, queries, dict(enumerate(rows.tolist())),
-                                                        vecs, valid, n)
-        target = column_of(rows)
+        sampled = probe._sampled_columns(batch, positions, queries, dict(enumerate(rows.tolist())), vecs, valid, n)
+        cols, log_w, target = sampled.vecs, sampled.log_weights, sampled.column_of(rows)
         loss_err.append((catalog_loss(queries, cols, target, log_weights=log_w) - catalog_loss(queries, vecs, rows)).abs())
         rank_err.append((rank_percentile(queries, cols, target, log_w) - rank_percentile(queries, vecs, rows)).abs())
     loss_err, rank_err = torch.cat(loss_err), torch.cat(rank_err)
