@@ -44,6 +44,10 @@ class AnomalyRules:
             raise ValueError(f"anomaly thresholds must be at least 2: {self}")
 
 
+# One user's counters as the guard stores them: (event times, (item, clicks) pairs, flagged reason,
+# recent event ids); see ActivityGuard.__init__ for why tuples.
+Counters = tuple[tuple[float, ...], tuple[tuple[str, int], ...], str | None, tuple[str, ...]]
+
 SEEN_EVENTS = 256  # event ids kept per user: a redelivery counts once, and a flagged user's are retracted
 
 
@@ -112,7 +116,7 @@ class ActivityGuard:
         # it has seen them (issue 11; a deque, an array.array, a list, or a tuple holding a dict, it
         # tracks for ever). As a dataclass with two deques a user, the guard was 240k of the 350k
         # objects every full collection of a worker scanned after a replay (~90 MB of deque blocks too).
-        self._users: OrderedDict[str, tuple[tuple[float, ...], tuple[tuple[str, int], ...], str | None, tuple[str, ...]]] = OrderedDict()
+        self._users: OrderedDict[str, Counters] = OrderedDict()
         self.flagged_events: dict[str, int] = {}
         # The earlier events of users flagged since the last take_retractions(): they passed while the
         # evidence built up (a flood is flagged at its 20th or 200th event) and were applied, so the
@@ -121,8 +125,8 @@ class ActivityGuard:
 
     @property
     def n_users(self) -> int:
-        """Users with counters (at most ``max_users``). Not ``__len__``: a guard with no users yet is
-        still a guard (``self.guard and self.guard.observe(...)``)."""
+        """Users with counters (at most ``max_users``). Not ``__len__``: that would make a guard with
+        no users yet false, and ``if guard:`` skip it."""
         return len(self._users)
 
     def activity(self, user_id: str) -> UserActivity | None:
