@@ -283,6 +283,16 @@ def test_query_click_memory_ranks_what_others_clicked_after_that_query(worker, p
     assert body["items"][0]["item_id"] == chair, body["items"][:3]
 
 
+def ranker_report(worker, features) -> tuple[float, dict[str, float]]:
+    """The ranker's steps and weights as one scrape of ``worker``'s /metrics shows them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for family in text_string_to_metric_families(worker.metrics_text()) for s in family.samples]
+    steps = sum(s.value for s in samples if s.name == "coldstart_ranker_steps")
+    weights = {s.labels["feature"]: s.value for s in samples if s.name == "coldstart_ranker_weight"}
+    return steps, {f: weights.get(f, 0.0) for f in features}
+
+
 def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_path, produce, worker, catalog):
     """The learned ranker is checkpointed in the worker's data directory (safetensors, atomically) and
     restored at start: a worker restarted on its disk goes on from what it had learned, not from the
@@ -318,7 +328,17 @@ def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_p
         assert not torch.allclose(saved.weights, LinearRanker().weights)  # it learned: not the initial blend
         # the clicked items' offsets were learned (the shared broker's catalogue holds other tests' items too)
         assert any(abs(saved.item_bias.get(i, 0.0)) > 1e-4 for i in items), saved.item_bias
-        weights = {f: w.metric("coldstart_ranker_weight", feature=f) for f in FEATURES}
+        # What the worker reports: its 5 s timer sets the steps and the weights together, so read them
+        # from one scrape, once that report has caught up with the checkpoint (CI once read the weights
+        # of a report older than the file).
+        deadline = time.monotonic() + 30
+        while True:
+            report = ranker_report(w, FEATURES)
+            if report[0] == saved.steps or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert report[0] == saved.steps, (report, saved.steps)
+        weights = report[1]
     finally:
         w.stop()
     w2 = WorkerProcess(kafka_bootstrap, app_id, tmp_path / "data", extra_env=env).start()
