@@ -98,8 +98,9 @@ def test_a_stalled_client_shows_in_latency_from_the_scheduled_time(server):
     assert r.dispatch_lag_max_s >= 0.25
     assert r.summary()["max_ms"] >= 250.0
     # The ~30 requests due during the stall waited before their send, not in the server (the one or two
-    # in flight when it began carry it in their service time too).
-    waited_to_send = [s for s, v in zip(r.scheduled, r.service) if s >= 0.2 and v < s - 0.1]
+    # in flight when it began carry it in their service time too). Those due in its first 0.25 s waited
+    # at least 50 ms (~25 of them); the ones due at its very end waited only a few ms and are not counted.
+    waited_to_send = [s for s, v in zip(r.scheduled, r.service) if s - v >= 0.05]
     assert len(waited_to_send) >= 15
     assert sum(v >= 0.25 for v in r.service) <= 3
 
