@@ -171,6 +171,7 @@ class Settings:
     ranker_dense_steps: int = 1000
     # Learning rate of the ranker's per-item offsets (model/ranker.py, measured there); 0 turns them off.
     ranker_bias_lr: float = 0.3
+    ranker_metric_lr: float = 0.0
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
     # Issue 11: from this many items with vectors, a request scores the candidates of a coarse index
@@ -276,6 +277,8 @@ class Settings:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
         if self.malloc_arenas < 0:
             raise ConfigError(f"{PREFIX}MALLOC_ARENAS must be >= 0 (0 = the C library's default), got {self.malloc_arenas}")
+        if not 0.0 <= self.ranker_metric_lr <= 10.0:
+            raise ConfigError(f"{PREFIX}RANKER_METRIC_LR must be in [0, 10], got {self.ranker_metric_lr}")
         if not 0.0 <= self.ranker_bias_lr <= 10.0:
             raise ConfigError(f"{PREFIX}RANKER_BIAS_LR must be in [0, 10], got {self.ranker_bias_lr}")
         if self.ann_min_items < 0 or self.ann_probe < 1:

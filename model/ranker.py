@@ -108,6 +108,9 @@ BIAS_L2 = 1e-3
 # At most this many items keep an offset (two floats each in dicts); past it the first written tenth goes
 # (dicts keep insertion order), so a catalogue that churns through ids cannot grow the ranker forever.
 BIAS_MAX_ITEMS = 1_000_000
+# The metric's AdaGrad accumulator at the start: its gradients are per dimension (~1e-3 for unit vectors
+# of 384 dimensions), so an accumulator of 1 would leave it at plain SGD with a tiny step.
+METRIC_SQ0 = 1e-4
 
 
 class LinearRanker:
@@ -128,7 +131,8 @@ class LinearRanker:
     """
 
     def __init__(self, weights: torch.Tensor | None = None, lr: float = 0.5, l2: float = 1e-4,
-                 max_abs: float = 50.0, warmup: float = 20.0, bias_lr: float = 0.3) -> None:
+                 max_abs: float = 50.0, warmup: float = 20.0, bias_lr: float = 0.3,
+                 metric_lr: float = 0.0) -> None:
         self.weights = (initial_weights() if weights is None else weights).clone().float()
         self.lr = lr
         # Step t moves by lr * t / (t + warmup): the first clicks of a fresh shop say little about which
@@ -152,6 +156,12 @@ class LinearRanker:
         self.item_bias: dict[str, float] = {}
         self.item_bias_sq: dict[str, float] = {}
         self.bias_changed: list[str] = []  # the items the last step's biases were written for
+        # A learned diagonal metric over the text vectors: ``item_vec @ (profile * metric)`` joins each
+        # candidate's score (0 at the start: the signals alone rank). Which dimensions of the encoder's
+        # space predict this shop's clicks, learned online beside the weights; metric_lr 0 turns it off.
+        self.metric_lr = metric_lr
+        self.metric: torch.Tensor | None = None  # [dim], created by the first step that has a profile
+        self.metric_sq: torch.Tensor | None = None
 
     def score(self, features: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Each candidate's score; ``offsets``: the candidates' item biases (:meth:`offsets_of`)."""
@@ -186,12 +196,15 @@ class LinearRanker:
 
     def learn_one(self, features: torch.Tensor, target: int, mask: torch.Tensor | None = None,
                   offsets: torch.Tensor | None = None, item_ids: list[str | None] | None = None,
-                  log_weights: torch.Tensor | None = None) -> float:
+                  log_weights: torch.Tensor | None = None,
+                  metric_inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         """One step on ``-log softmax(score)[target]`` over the candidates (``mask``: rows allowed).
         With ``item_ids`` (each candidate row's item id) the item biases learn too, starting from
         ``offsets`` (the candidates' current biases); :attr:`bias_changed` then names the items written.
         ``log_weights``: log of how many items each row stands for (a sampled softmax: rows drawn from
-        outside a candidate set; their ``item_ids`` are None). Returns the loss before the step."""
+        outside a candidate set; their ``item_ids`` are None). ``metric_inputs``: the candidates' item
+        vectors and the user's profile vector, when ``offsets`` hold the metric term (:meth:`metric_query`):
+        the metric then learns too. Returns the loss before the step."""
         w = self.weights.to(features.device)
         scores = features @ w
         if offsets is not None:
@@ -213,7 +226,40 @@ class LinearRanker:
         self.bias_changed = []
         if item_ids is not None:
             self._bias_step(p, target, item_ids, rate / self.lr)
+        if metric_inputs is not None and self.metric_lr > 0:
+            self._metric_step(p, target, *metric_inputs, warm=rate / self.lr)
         return float(-logp[target])
+
+    def metric_query(self, profile: torch.Tensor) -> torch.Tensor | None:
+        """``profile * metric``: its dot product with an item vector is the metric's term of that item's
+        score (None while the metric is off or has not learned yet)."""
+        if self.metric_lr <= 0 or self.metric is None:
+            return None
+        return profile * self.metric.to(profile.device, profile.dtype)
+
+    def _metric_step(self, p: torch.Tensor, target: int, item_vecs: torch.Tensor, profile: torch.Tensor,
+                     warm: float) -> None:
+        """AdaGrad on the diagonal metric: d loss / d metric = profile * (E_p[item] - item_target), one
+        vector-matrix product over the candidates (the term is linear in the metric: a convex step).
+
+        >>> r = LinearRanker(torch.zeros(1), metric_lr=0.5)
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); u = torch.tensor([0.0, 1.0])
+        >>> for _ in range(30):
+        ...     q = r.metric_query(u)
+        ...     off = x @ q if q is not None else None
+        ...     _ = r.learn_one(torch.zeros(2, 1), target=1, offsets=off, metric_inputs=(x, u))
+        >>> r.metric[1].item() > 0.5, r.metric[0].item()
+        (True, 0.0)
+        """
+        x = torch.nan_to_num(item_vecs.float())
+        g = (p.float() @ x - x[target]) * profile.float().to(x.device)
+        g = g.cpu()
+        if self.metric is None:
+            self.metric, self.metric_sq = torch.zeros_like(g), torch.full_like(g, METRIC_SQ0)
+        g = g + self.l2 * self.metric
+        self.metric_sq += g * g
+        step = warm * self.metric_lr * g / self.metric_sq.sqrt()
+        self.metric = (self.metric - step).clamp(-self.max_abs, self.max_abs)
 
     def _bias_step(self, p: torch.Tensor, target: int, item_ids: list[str | None], warm: float) -> None:
         """Sparse AdaGrad on the item biases: d loss / d bias_i = p_i - [i = target], written for the
@@ -267,7 +313,9 @@ class LinearRanker:
                 "steps": torch.tensor([self.steps]),
                 "item_bias": torch.tensor([self.item_bias[i] for i in items], dtype=torch.float32),
                 "item_bias_sq": torch.tensor([self.item_bias_sq.get(i, 1.0) for i in items], dtype=torch.float32),
-                "item_bias_ids": torch.frombuffer(bytearray(json.dumps(items).encode()), dtype=torch.uint8)}
+                "item_bias_ids": torch.frombuffer(bytearray(json.dumps(items).encode()), dtype=torch.uint8),
+                **({"metric": self.metric.clone(), "metric_sq": self.metric_sq.clone()}
+                   if self.metric is not None else {})}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], **kwargs) -> "LinearRanker":
@@ -281,6 +329,8 @@ class LinearRanker:
             if not len(items) == len(values) == len(squares):
                 raise KeyError("item_bias: ids and values of different lengths")
             r.item_bias, r.item_bias_sq = dict(zip(items, values)), dict(zip(items, squares))
+        if "metric" in state:
+            r.metric, r.metric_sq = state["metric"].clone().float(), state["metric_sq"].clone().float()
         return r
 
 

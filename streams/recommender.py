@@ -81,6 +81,9 @@ class Signals:
     # candidate, log(outside / sampled) for a row drawn from outside them); None: every row is itself.
     log_weights: torch.Tensor | None = None
     sampled: torch.Tensor | None = None  # [n_candidates] bool: drawn from outside (no offset is written)
+    # (candidates' item vectors, the user's profile vector) when the ranker's metric learns
+    # (LinearRanker.metric_query): ``offsets`` then include the metric's term.
+    metric_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def row_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Index rows of candidate positions."""
@@ -113,6 +116,7 @@ class Recommender:
         self.stats = stats or StreamStats(popularity_half_life_s=model.items.half_life_s)
         self.ranker = ranker or LinearRanker()
         self.ranker.bias_lr = settings.ranker_bias_lr  # a restored ranker learns at today's setting
+        self.ranker.metric_lr = settings.ranker_metric_lr
         # popularity, first-seen and the ranker's item biases by index row
         self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
@@ -143,6 +147,7 @@ class Recommender:
         sparse: dict[str, dict[str, float]] = {}  # per-item statistics, by item id
         query = last_item = None
         user_events = None
+        profile = None
         # The dense text signals: every query vector (profile, newest events, last event, pending query,
         # centroid of what followed the last item) in one product with the catalogue, which is read
         # from memory once instead of five times (the products were 90% of a request at 100k items).
@@ -162,6 +167,9 @@ class Recommender:
             else:
                 profile = profile_vectors(vecs, weights, owner, 1)
             ask("profile_cos", profile)
+            metric_query = self.ranker.metric_query(profile[0])
+            if metric_query is not None:
+                ask("metric", metric_query[None])
             if vecs.shape[0]:  # the newest few: a cold-start user has no more than this anyway
                 ask("max_cos", vecs[-MAX_COS_EVENTS:])
             last = events[-1]
@@ -211,8 +219,12 @@ class Recommender:
                 part = cos[:, cols]
                 sig[name] = part.max(dim=1).values if name == "max_cos" else part[:, 0]
         sig["popularity"], sig["newness"] = popularity, newness
+        metric = sig.pop("metric", None)
+        if metric is not None:
+            offsets = offsets.to(metric.device) + metric.float()
+        metric_inputs = (item_vecs, profile[0]) if profile is not None and self.ranker.metric_lr > 0 else None
         return Signals(feature_matrix(sig, n_events, a), offsets, item_valid, query, last_item, user_events, rows,
-                       log_weights, sampled)
+                       log_weights, sampled, metric_inputs)
 
     def _prior_rows(self, items, n: int, now: float, n_events: int, a: float) -> torch.Tensor:
         """The :func:`prior_candidates` rows best by popularity, newness and offset for a user with
@@ -315,7 +327,8 @@ class Recommender:
                 (target,) = sig.positions_of([row])
                 if bool(sig.valid[target]):
                     self.ranker.learn_one(sig.features, target, mask=sig.valid, offsets=sig.offsets,
-                                          item_ids=sig.ids(items.ids), log_weights=sig.log_weights)
+                                          item_ids=sig.ids(items.ids), log_weights=sig.log_weights,
+                                          metric_inputs=sig.metric_inputs)
                     # the biases written: each request's row read (RowStats) refreshes those rows
                     self.stats.mark_changed(self.ranker.bias_changed)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
