@@ -233,8 +233,8 @@ class LinearRanker:
     def metric_query(self, profile: torch.Tensor) -> torch.Tensor | None:
         """``profile * metric``: its dot product with an item vector is the metric's term of that item's
         score (None while the metric is off or has not learned yet)."""
-        if self.metric_lr <= 0 or self.metric is None:
-            return None
+        if self.metric_lr <= 0 or self.metric is None or self.metric.shape != profile.shape:
+            return None  # off, nothing learned yet, or a model version of another width (relearned)
         return profile * self.metric.to(profile.device, profile.dtype)
 
     def _metric_step(self, p: torch.Tensor, target: int, item_vecs: torch.Tensor, profile: torch.Tensor,
@@ -254,7 +254,7 @@ class LinearRanker:
         x = torch.nan_to_num(item_vecs.float())
         g = (p.float() @ x - x[target]) * profile.float().to(x.device)
         g = g.cpu()
-        if self.metric is None:
+        if self.metric is None or self.metric.shape != g.shape:
             self.metric, self.metric_sq = torch.zeros_like(g), torch.full_like(g, METRIC_SQ0)
         g = g + self.l2 * self.metric
         self.metric_sq += g * g
