@@ -343,3 +343,23 @@ def test_a_narrow_probe_still_reads_every_item_a_statistic_names(catalogue) -> N
     assert float(column(sig, "transition")[pos]) == pytest.approx(1.0)
     recs = recommender.recommend(state, k=10)
     assert len(recs) == 10 and not {r.item_id for r in recs} & set(state.clicked_items())
+
+
+def test_a_swap_resets_the_text_metric_only_when_asked(model) -> None:
+    # The metric weighs the dimensions of the version it learned in; a fine-tuned version moves them.
+    # Opt-in (COLDSTART_RANKER_METRIC_RESET_ON_SWAP): kept by default, forgotten on a new version.
+    successor = ServingModel.load(device="cpu", version="v-next", items=model.items.copy_metadata())
+    assert successor.version != model.version
+    items = list(TITLES)
+    for reset in (False, True):
+        settings = Settings(device="cpu", ranker_metric_reset_on_swap=reset)
+        processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+        for i in range(12):  # a batch each: a click teaches the metric only once its user has a profile
+            apply(processor, recommender, profiles, [click(f"u{i % 3}", items[i % len(items)], TS + i)])
+        learned = recommender.ranker.metric
+        assert learned is not None and learned.abs().sum() > 0
+        recommender.swap(model)  # the same version again: nothing to forget
+        assert recommender.ranker.metric is learned
+        recommender.swap(successor)
+        assert (recommender.ranker.metric is None) == reset
+        assert (recommender.ranker.metric_query(torch.ones(learned.shape[0])) is None) == reset
