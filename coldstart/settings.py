@@ -176,7 +176,7 @@ class Settings:
     # tasks, shuffled titles) and through the live broker; figures in the README's quality section.
     ranker_metric_lr: float = 0.5
     # Whether a swap to another model version resets the metric (it was learned over the dimensions of
-    # the version it served; a fine-tuned encoder moves them a little). Off, opt-in: under measurement.
+    # the version it served; a fine-tuned encoder moves them a little). Off: measured no better (README).
     ranker_metric_reset_on_swap: bool = False
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
