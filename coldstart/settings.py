@@ -175,9 +175,6 @@ class Settings:
     # off. On by default since it measured ahead or level on every whole log (Amazon, Best Buy's two
     # tasks, shuffled titles) and through the live broker; figures in the README's quality section.
     ranker_metric_lr: float = 0.5
-    # Whether a swap to another model version resets the metric (it was learned over the dimensions of
-    # the version it served; a fine-tuned encoder moves them a little). Off: measured no better (README).
-    ranker_metric_reset_on_swap: bool = False
     # Items
     item_queries: int = 16  # learned texts kept per item (catalogs without titles)
     # Issue 11: from this many items with vectors, a request scores the candidates of a coarse index

@@ -233,14 +233,10 @@ class LinearRanker:
     def metric_query(self, profile: torch.Tensor) -> torch.Tensor | None:
         """``profile * metric``: its dot product with an item vector is the metric's term of that item's
         score (None while the metric is off or has not learned yet)."""
-        metric = self.metric  # once: a swap may forget it while a request reads
+        metric = self.metric  # once: the batch thread may replace it while a request reads
         if self.metric_lr <= 0 or metric is None or metric.shape != profile.shape:
             return None  # off, nothing learned yet, or a model version of another width (relearned)
         return profile * metric.to(profile.device, profile.dtype)
-
-    def forget_metric(self) -> None:
-        """Back to no metric (the signals alone rank until steps relearn it): for a new vector space."""
-        self.metric = self.metric_sq = None
 
     def _metric_step(self, p: torch.Tensor, target: int, item_vecs: torch.Tensor, profile: torch.Tensor,
                      warm: float) -> None:

@@ -345,21 +345,18 @@ def test_a_narrow_probe_still_reads_every_item_a_statistic_names(catalogue) -> N
     assert len(recs) == 10 and not {r.item_id for r in recs} & set(state.clicked_items())
 
 
-def test_a_swap_resets_the_text_metric_only_when_asked(model) -> None:
-    # The metric weighs the dimensions of the version it learned in; a fine-tuned version moves them.
-    # Opt-in (COLDSTART_RANKER_METRIC_RESET_ON_SWAP): kept by default, forgotten on a new version.
+def test_a_swap_keeps_the_learned_text_metric(model) -> None:
+    # The ranker carries over a swap: a new version serves with the metric learned so far (forgetting
+    # it measured no better), and the metric keeps weighting queries of the same width.
     successor = ServingModel.load(device="cpu", version="v-next", items=model.items.copy_metadata())
     assert successor.version != model.version
     items = list(TITLES)
-    for reset in (False, True):
-        settings = Settings(device="cpu", ranker_metric_reset_on_swap=reset)
-        processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
-        for i in range(12):  # a batch each: a click teaches the metric only once its user has a profile
-            apply(processor, recommender, profiles, [click(f"u{i % 3}", items[i % len(items)], TS + i)])
-        learned = recommender.ranker.metric
-        assert learned is not None and learned.abs().sum() > 0
-        recommender.swap(model)  # the same version again: nothing to forget
-        assert recommender.ranker.metric is learned
-        recommender.swap(successor)
-        assert (recommender.ranker.metric is None) == reset
-        assert (recommender.ranker.metric_query(torch.ones(learned.shape[0])) is None) == reset
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    for i in range(12):  # a batch each: a click teaches the metric only once its user has a profile
+        apply(processor, recommender, profiles, [click(f"u{i % 3}", items[i % len(items)], TS + i)])
+    learned = recommender.ranker.metric
+    assert learned is not None and learned.abs().sum() > 0
+    recommender.swap(successor)
+    assert recommender.model is successor and recommender.ranker.metric is learned
+    assert recommender.ranker.metric_query(torch.ones(learned.shape[0])) is not None
