@@ -30,7 +30,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["FEATURES", "LinearRanker", "feature_matrix", "initial_weights", "load_ranker", "save_ranker"]
+__all__ = ["FEATURES", "TEXT_FEATURES", "LinearRanker", "cosine_spread", "feature_matrix", "initial_weights",
+           "load_ranker", "save_ranker", "text_gain"]
 
 FEATURES = (
     "profile_cos_blend",  # (1 - a(n)) * cos(profile, item): today's personal term
@@ -49,6 +50,9 @@ FEATURES = (
     "transition_cos",  # cos(item, mean of what followed the user's last item): transitions through the text
     "seen",  # 1 for an item the user clicked recently: whether this shop's users come back, learned
 )
+
+# The features that are cosines in the serving version's vector space (scaled by text_gain at a swap).
+TEXT_FEATURES = ("profile_cos_blend", "last_cos", "query_cos", "profile_cos_x_logn", "max_cos", "transition_cos")
 
 
 # The fixed blend's scores live in [0, ~3]: as softmax logits over thousands of candidates they are
@@ -302,6 +306,19 @@ class LinearRanker:
             self.item_bias_sq.pop(item, None)
         return had
 
+    def rescale_text(self, gain: float) -> None:
+        """Multiply every text term of the score (the weights of :data:`TEXT_FEATURES` and the metric)
+        by ``gain`` (:func:`text_gain`): a new vector space whose cosines lie ``gain`` times closer then
+        scores as the old one did, and the steps go on from there instead of relearning the scale."""
+        if not math.isfinite(gain) or gain <= 0:
+            raise ValueError(f"gain must be a positive number, got {gain}")
+        w = self.weights.clone()
+        for name in TEXT_FEATURES:
+            w[FEATURES.index(name)] *= gain
+        self.weights = w.clamp(-self.max_abs, self.max_abs)
+        if self.metric is not None:
+            self.metric = (self.metric * gain).clamp(-self.max_abs, self.max_abs)
+
     def contributions(self, features: torch.Tensor) -> torch.Tensor:
         """``features * w``: how much each signal adds to each candidate's score (explanations)."""
         return features * self.weights.to(features.device)[None, :]
@@ -333,6 +350,46 @@ class LinearRanker:
         if "metric" in state:
             r.metric, r.metric_sq = state["metric"].clone().float(), state["metric_sq"].clone().float()
         return r
+
+
+def cosine_spread(vectors: torch.Tensor) -> float:
+    """How far apart the cosines of one query with many items lie: for each of the unit ``vectors``
+    [m, d], the standard deviation of its cosines with the other m - 1, averaged over the m. A softmax
+    over ``w * cos`` ranks by differences of cosines within one query, so this is the unit the ranker's
+    text weights are learned in.
+
+    >>> cosine_spread(torch.eye(3))  # every pair orthogonal: no spread
+    0.0
+    >>> round(cosine_spread(torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=1)), 4)
+    0.3333
+    """
+    m = vectors.shape[0]
+    if m < 3:
+        raise ValueError(f"a spread needs at least 3 vectors, got {m}")
+    cos = vectors.float() @ vectors.float().T
+    off = cos[~torch.eye(m, dtype=torch.bool, device=cos.device)].view(m, m - 1)
+    return float(off.std(dim=1).mean())
+
+
+def text_gain(old: torch.Tensor, new: torch.Tensor) -> float:
+    """The factor that keeps the ranker's text weights in the units they were learned in across a swap:
+    the spread of the old version's cosines over that of the new one's, on the same items (rows of
+    ``old`` and ``new`` are the same items' vectors in each version).
+
+    Measured (Amazon, 3,000 titles): one fine-tuning round of 30 steps took the mean cosine of two
+    random items from 0.26 to 0.63 and halved its spread (0.13 -> 0.065) while keeping their order, so
+    the weights learned on the base version read every text signal at half strength after the swap.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> old = torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=1)
+    >>> squeezed = torch.nn.functional.normalize(old + 3 * torch.ones(8), dim=1)  # same items, closer together
+    >>> text_gain(old, old), text_gain(old, squeezed) > 2
+    (1.0, True)
+    """
+    if old.shape != new.shape:
+        raise ValueError(f"old and new must be the same items' vectors, got {tuple(old.shape)} and {tuple(new.shape)}")
+    new_spread = cosine_spread(new)
+    return cosine_spread(old) / new_spread if new_spread > 0 else 1.0
 
 
 def save_ranker(ranker: LinearRanker, path: Path) -> None:

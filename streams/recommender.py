@@ -14,6 +14,7 @@ features serve and learn.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import zlib
@@ -25,18 +26,23 @@ import torch.nn.functional as F
 from coldstart.contract import ClickEvent, UserEvent
 from coldstart.model.coarse import gather_rows, sample_outside
 from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors_of_each
-from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix
+from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix, text_gain
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
 from coldstart.model.stats import RowStats, StreamStats, log_norm
 from coldstart.settings import Settings
 from coldstart.streams.state import ProfileState
 
+log = logging.getLogger(__name__)
+
 # max_cos looks at the user's newest events only: each costs a product with the whole catalogue, and a
 # cold-start user (the users this serves first) has no more than this many anyway.
 MAX_COS_EVENTS = 5
 
 PRIOR_EVERY_CLICKS = 64  # the prior's candidates are reused until this many more clicks (_prior_rows)
+
+# Items whose vectors in the old and the new version measure a swap's text_gain (a 1,024 x 1,024 product).
+GAIN_SAMPLE = 1_024
 
 # With a coarse index: rows drawn from outside the candidates into each learning step's softmax (issue 11).
 LEARN_SAMPLE = 1_024
@@ -122,11 +128,33 @@ class Recommender:
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
         self._scratch = threading.local()  # per thread: the candidates' vectors (model/coarse.py gather_rows)
         self._prior_cache: dict[int, tuple] = {}  # n_events -> ((n, click epoch), index, rows): _prior_rows
+        self.text_gains: list[tuple[str, float]] = []  # (version, gain) of every swap that rescaled
 
     def swap(self, model: ServingModel) -> None:
-        # The ranker (weights, item offsets, text metric) carries over: forgetting the metric at a swap
-        # measured no better on Amazon's whole stream with the trainer (README, Trainer on vs off).
+        """Serve ``model`` (its items already adopted and refreshed). The ranker carries over (weights,
+        item offsets, text metric: forgetting the metric measured no better, README), with its text
+        terms rescaled to the new version's spread of cosines (:func:`text_gain`)."""
+        if model.version != self.model.version:
+            gain = self.text_gain_to(model)
+            if gain is not None:
+                self.ranker.rescale_text(gain)
+                self.text_gains.append((model.version, gain))
+                log.info("swap %s -> %s: the ranker's text weights x %.3f (the new version's cosines lie %.3f "
+                         "times closer)", self.model.version, model.version, gain, gain)
         self.model = model
+
+    def text_gain_to(self, model: ServingModel) -> float | None:
+        """:func:`text_gain` from the serving version to ``model`` over up to ``GAIN_SAMPLE`` items that
+        have a vector in both (a fixed draw, so a replay rescales alike every time); None with fewer
+        than 16 such items (nothing to measure: the scale is kept)."""
+        old_vecs, old_valid = self.model.items.matrix()
+        new_vecs, new_valid = model.items.matrix()
+        n = min(old_vecs.shape[0], new_vecs.shape[0])
+        both = (old_valid[:n].cpu() & new_valid[:n].cpu()).nonzero().flatten()
+        if both.numel() < 16:
+            return None
+        pick = both[torch.randperm(both.numel(), generator=torch.Generator().manual_seed(0))[:GAIN_SAMPLE]]
+        return text_gain(old_vecs[pick.to(old_vecs.device)].float(), new_vecs[pick.to(new_vecs.device)].float())
 
     # ------------------------------------------------------------------------------ features
     def signals(self, state: ProfileState | None, view: tuple[torch.Tensor, torch.Tensor] | None = None,

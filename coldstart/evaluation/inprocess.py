@@ -126,6 +126,8 @@ class InProcessPipeline:
             "round_seconds": round(report.seconds, 2)}
         if report.version is not None:
             entry["swap_seconds"] = round(self.swap_to(report.version), 2)
+            gains = dict(self.recommender.text_gains)
+            entry["text_gain"] = round(gains[report.version], 4) if report.version in gains else None
         entry["seconds"] = round(time.perf_counter() - started, 2)
         self.rounds.append(entry)
         cand, serv = report.candidate or {}, report.serving or {}

@@ -136,3 +136,39 @@ def test_no_metric_when_turned_off():
     items = torch.rand(5, 4, generator=torch.Generator().manual_seed(6))
     r.learn_one(torch.rand(5, len(FEATURES)), 2, metric_inputs=(items, items[2]))
     assert r.metric is None and r.metric_query(items[0]) is None
+
+
+def test_text_gain_keeps_the_ranking_when_a_new_version_squeezes_the_cosines():
+    # A fine-tuned version that keeps the order of the cosines but squeezes them (measured: one round
+    # halved their spread) ranks as the old one did once the text weights are rescaled by text_gain,
+    # and falls back to popularity without it.
+    from coldstart.model.ranker import TEXT_FEATURES, text_gain
+
+    g = torch.Generator().manual_seed(7)
+    n, d, lam = 60, 8, 0.4
+    old = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    # cos_new = lam * cos_old + (1 - lam), exactly: an extra dimension every vector shares
+    new = torch.cat([old * lam ** 0.5, torch.full((n, 1), (1 - lam) ** 0.5)], dim=1)
+    old = torch.cat([old, torch.zeros(n, 1)], dim=1)
+    assert text_gain(old, new) == pytest.approx(1 / lam, rel=1e-4) and text_gain(old, old) == pytest.approx(1.0)
+    learned = LinearRanker()
+    learned.weights[FEATURES.index("max_cos")] = 4.0  # a ranker that has learned to read the text
+    learned.weights[FEATURES.index("popularity")] = 1.0
+    pop = torch.rand(n, generator=g)
+    rescaled = LinearRanker.from_state(learned.state_dict())
+    rescaled.rescale_text(text_gain(old, new))
+    for user in range(10):
+        events = torch.randint(n, (3,), generator=g)
+
+        def feats(vecs):
+            cos = vecs @ vecs[events].T
+            return feature_matrix({"profile_cos": cos.mean(dim=1), "max_cos": cos.max(dim=1).values,
+                                   "last_cos": cos[:, -1], "popularity": pop}, n_events=3, pop_weight=0.25)
+
+        before = learned.score(feats(old)).topk(10).indices
+        assert torch.equal(rescaled.score(feats(new)).topk(10).indices, before)
+    assert not torch.equal(learned.score(feats(new)).topk(10).indices, before)  # unscaled: popularity wins
+    untouched = [i for i, name in enumerate(FEATURES) if name not in TEXT_FEATURES]
+    assert torch.equal(rescaled.weights[untouched], learned.weights[untouched])
+    with pytest.raises(ValueError, match="positive"):
+        rescaled.rescale_text(0.0)

@@ -360,3 +360,36 @@ def test_a_swap_keeps_the_learned_text_metric(model) -> None:
     recommender.swap(successor)
     assert recommender.model is successor and recommender.ranker.metric is learned
     assert recommender.ranker.metric_query(torch.ones(learned.shape[0])) is not None
+
+
+def test_a_swap_rescales_the_text_weights_to_the_new_versions_spread_of_cosines() -> None:
+    # A fine-tuned version squeezes the cosines (one round: the spread halved, README); the ranker's
+    # text weights follow the spread, the other weights stay, and the same space changes nothing.
+    from coldstart.model.ranker import TEXT_FEATURES, text_gain
+
+    base = ServingModel.load(device="cpu")
+    words = itertools.product(["Wireless", "Steel", "Gaming", "Office", "Kitchen"], ["mouse", "stapler", "pan", "lamp"])
+    for i, (a, b) in enumerate(words):
+        base.items.upsert(f"i{i}", f"{a} {b}")
+    base.items.refresh(base.encoder, base.cache)
+    recommender = Recommender(Settings(device="cpu"), base)
+    learned = recommender.ranker.weights.clone()
+
+    def successor(version: str, squeeze: float) -> ServingModel:
+        m = ServingModel.load(device="cpu", version=version, items=base.items.copy_metadata())
+        m.items.refresh(m.encoder, m.cache)
+        vecs, _ = m.items.matrix()
+        vecs.copy_(torch.nn.functional.normalize(vecs + squeeze * vecs.mean(dim=0), dim=1))
+        return m
+
+    recommender.swap(successor("v-same", 0.0))
+    assert torch.allclose(recommender.ranker.weights, learned)
+    squeezed = successor("v-squeezed", 2.0)
+    gain = text_gain(recommender.model.items.matrix()[0], squeezed.items.matrix()[0])
+    assert gain > 1.5
+    recommender.swap(squeezed)
+    assert recommender.text_gains[-1] == ("v-squeezed", pytest.approx(gain)) and recommender.model is squeezed
+    text = [FEATURES.index(name) for name in TEXT_FEATURES]
+    other = [i for i in range(len(FEATURES)) if i not in text]
+    assert torch.allclose(recommender.ranker.weights[text], learned[text] * gain)
+    assert torch.equal(recommender.ranker.weights[other], learned[other])
