@@ -139,8 +139,8 @@ class Recommender:
             if gain is not None:
                 self.ranker.rescale_text(gain)
                 self.text_gains.append((model.version, gain))
-                log.info("swap %s -> %s: the ranker's text weights x %.3f (the new version's cosines lie %.3f "
-                         "times closer)", self.model.version, model.version, gain, gain)
+                log.info("swap %s -> %s: the ranker's text weights x %.3f (the ratio of the versions' spreads "
+                         "of cosines)", self.model.version, model.version, gain)
         self.model = model
 
     def text_gain_to(self, model: ServingModel) -> float | None:
