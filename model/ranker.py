@@ -166,6 +166,10 @@ class LinearRanker:
         self.metric_lr = metric_lr
         self.metric: torch.Tensor | None = None  # [dim], created by the first step that has a profile
         self.metric_sq: torch.Tensor | None = None
+        # The model version whose cosines the text terms are scaled to (:meth:`rescale_text`), kept in the
+        # checkpoint: a worker restarted onto another version rescales from this one, not from whatever
+        # it happened to load first. None: not known yet (the serving version is assumed).
+        self.text_version: str | None = None
 
     def score(self, features: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Each candidate's score; ``offsets``: the candidates' item biases (:meth:`offsets_of`)."""
@@ -398,7 +402,10 @@ def save_ranker(ranker: LinearRanker, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(ranker.state_dict(), str(tmp), metadata={"features": ",".join(FEATURES)})
+    metadata = {"features": ",".join(FEATURES)}
+    if ranker.text_version is not None:
+        metadata["text_version"] = ranker.text_version
+    save_file(ranker.state_dict(), str(tmp), metadata=metadata)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -414,8 +421,11 @@ def load_ranker(path: Path, **kwargs) -> tuple[LinearRanker | None, str]:
     (None, 'no saved ranker')
     >>> r = LinearRanker(); r.weights[0] = 3.0
     >>> save_ranker(r, d / "ranker.safetensors")
-    >>> loaded, why = load_ranker(d / "ranker.safetensors"); float(loaded.weights[0]), why
-    (3.0, 'loaded')
+    >>> loaded, why = load_ranker(d / "ranker.safetensors"); float(loaded.weights[0]), why, loaded.text_version
+    (3.0, 'loaded', None)
+    >>> r.text_version = "v0007"; save_ranker(r, d / "ranker.safetensors")
+    >>> load_ranker(d / "ranker.safetensors")[0].text_version
+    'v0007'
     """
     from safetensors import safe_open
 
@@ -424,11 +434,12 @@ def load_ranker(path: Path, **kwargs) -> tuple[LinearRanker | None, str]:
         return None, "no saved ranker"
     try:
         with safe_open(str(path), framework="pt") as fh:
-            features = (fh.metadata() or {}).get("features", "")
+            metadata = fh.metadata() or {}
         state = load_file(str(path))
-        if features != ",".join(FEATURES):
+        if metadata.get("features", "") != ",".join(FEATURES):
             return None, "learned over another list of features"
         ranker = LinearRanker.from_state(state, **kwargs)
+        ranker.text_version = metadata.get("text_version")  # absent in checkpoints before it was kept
     except (SafetensorError, OSError, KeyError, IndexError, ValueError) as exc:
         return None, f"unreadable ({type(exc).__name__}: {exc})"
     if ranker.weights.shape != (len(FEATURES),) or not bool(torch.isfinite(ranker.weights).all()):

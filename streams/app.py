@@ -94,12 +94,13 @@ class Worker:
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
 
-    def swap(self, model: ServingModel) -> None:
-        """Switch every consumer of the model at once (called between batches, under batch_lock)."""
+    def swap(self, model: ServingModel, reference=None) -> None:
+        """Switch every consumer of the model at once (called between batches, under batch_lock);
+        ``reference``: see :meth:`Recommender.swap`."""
         old = self.model.version
         self.model = model
         self.processor.swap(model)
-        self.recommender.swap(model)
+        self.recommender.swap(model, reference)
         self.metrics.model_version_info.labels(old).set(0)
         self.metrics.model_version_info.labels(model.version).set(1)
 

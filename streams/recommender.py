@@ -123,6 +123,7 @@ class Recommender:
         self.ranker = ranker or LinearRanker()
         self.ranker.bias_lr = settings.ranker_bias_lr  # a restored ranker learns at today's setting
         self.ranker.metric_lr = settings.ranker_metric_lr
+        self.ranker.text_version = self.ranker.text_version or model.version  # a fresh ranker or an old checkpoint
         # popularity, first-seen and the ranker's item biases by index row
         self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
@@ -130,31 +131,55 @@ class Recommender:
         self._prior_cache: dict[int, tuple] = {}  # n_events -> ((n, click epoch), index, rows): _prior_rows
         self.text_gains: list[tuple[str, float]] = []  # (version, gain) of every swap that rescaled
 
-    def swap(self, model: ServingModel) -> None:
+    def swap(self, model: ServingModel, reference: tuple[list[str], torch.Tensor] | None = None) -> None:
         """Serve ``model`` (its items already adopted and refreshed). The ranker carries over (weights,
         item offsets, text metric: forgetting the metric measured no better, README), with its text
-        terms rescaled to the new version's spread of cosines (:func:`text_gain`)."""
-        if model.version != self.model.version:
-            gain = self.text_gain_to(model)
+        terms rescaled from the version they were learned in (``ranker.text_version``) to the new
+        version's spread of cosines (:func:`text_gain`). That version is the serving one, except after a
+        restart, when the checkpoint's version can differ from the model the worker loaded first: then
+        ``reference`` holds that version's item ids and vectors (from the registry), and without it the
+        scale is kept and the reason logged."""
+        source = self.ranker.text_version or self.model.version
+        if source != model.version:
+            if source == self.model.version:
+                gain = self.text_gain_to(model)
+            else:
+                gain = self.text_gain_to(model, reference) if reference is not None else None
             if gain is not None:
                 self.ranker.rescale_text(gain)
                 self.text_gains.append((model.version, gain))
-                log.info("swap %s -> %s: the ranker's text weights x %.3f (the ratio of the versions' spreads "
-                         "of cosines)", self.model.version, model.version, gain)
+                log.info("swap %s -> %s: the ranker's text weights (learned in %s) x %.3f (the ratio of the "
+                         "versions' spreads of cosines)", self.model.version, model.version, source, gain)
+            elif source != self.model.version:
+                log.warning("swap to %s: the ranker's text weights were learned in %s, whose item vectors are "
+                            "not at hand (or share too few items), so their scale is kept", model.version, source)
+        self.ranker.text_version = model.version
         self.model = model
 
-    def text_gain_to(self, model: ServingModel) -> float | None:
-        """:func:`text_gain` from the serving version to ``model`` over up to ``GAIN_SAMPLE`` items that
-        have a vector in both (a fixed draw, so a replay rescales alike every time); None with fewer
-        than 16 such items (nothing to measure: the scale is kept)."""
-        old_vecs, old_valid = self.model.items.matrix()
+    def text_gain_to(self, model: ServingModel, reference: tuple[list[str], torch.Tensor] | None = None) -> float | None:
+        """:func:`text_gain` from the serving version (or from ``reference``: another version's item ids
+        and vectors) to ``model`` over up to ``GAIN_SAMPLE`` items that have a vector in both (a fixed
+        draw, so a replay rescales alike every time); None with fewer than 16 such items (nothing to
+        measure: the scale is kept)."""
         new_vecs, new_valid = model.items.matrix()
-        n = min(old_vecs.shape[0], new_vecs.shape[0])
-        both = (old_valid[:n].cpu() & new_valid[:n].cpu()).nonzero().flatten()
-        if both.numel() < 16:
+        if reference is None:
+            old_vecs, old_valid = self.model.items.matrix()
+            n = min(old_vecs.shape[0], new_vecs.shape[0])
+            both = (old_valid[:n].cpu() & new_valid[:n].cpu()).nonzero().flatten()
+            old_rows = new_rows = both
+        else:  # match the reference's rows to the new index's by item id
+            ids, old_vecs = reference
+            at = model.items.row
+            pairs = [(i, at[item]) for i, item in enumerate(ids) if item in at and at[item] < new_valid.shape[0]]
+            pairs = [(i, r) for i, r in pairs if bool(new_valid[r])]
+            old_rows = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+            new_rows = torch.tensor([r for _, r in pairs], dtype=torch.long)
+        if new_rows.numel() < 16:
             return None
-        pick = both[torch.randperm(both.numel(), generator=torch.Generator().manual_seed(0))[:GAIN_SAMPLE]]
-        return text_gain(old_vecs[pick.to(old_vecs.device)].float(), new_vecs[pick.to(new_vecs.device)].float())
+        pick = torch.randperm(new_rows.numel(), generator=torch.Generator().manual_seed(0))[:GAIN_SAMPLE]
+        old = old_vecs[old_rows[pick].to(old_vecs.device)].float()
+        new = new_vecs[new_rows[pick].to(new_vecs.device)].float()
+        return text_gain(old, new)
 
     # ------------------------------------------------------------------------------ features
     def signals(self, state: ProfileState | None, view: tuple[torch.Tensor, torch.Tensor] | None = None,

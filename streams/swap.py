@@ -143,11 +143,17 @@ class ModelSwapper:
         except Exception as exc:  # a version that cannot load must never take the worker down
             self._refuse("load", f"{type(exc).__name__}: {exc}")
             return False
+        # After a restart the ranker's checkpoint may have learned in a version that is neither the one
+        # loaded first nor this one: its item vectors measure how far the text weights must be rescaled.
+        source = worker.recommender.ranker.text_version
+        reference = None
+        if source not in (None, worker.model.version, announcement.version):
+            reference = await loop.run_in_executor(None, self._item_vectors, source)
         async with worker.batch_lock:  # between batches
             started = time.perf_counter()
             stale = model.items.adopt(worker.model.items, revision)
             model.items.refresh(model.encoder, model.cache)
-            worker.swap(model)
+            worker.swap(model, reference)
             pause = time.perf_counter() - started
         worker.metrics.swap_pause_seconds.observe(pause)
         worker.metrics.swaps.inc()
@@ -157,6 +163,16 @@ class ModelSwapper:
 
     def _build(self, version: str, snapshot) -> ServingModel:
         return build_version(self.registry, version, self.settings, snapshot)
+
+    def _item_vectors(self, version: str):
+        """``version``'s item ids and vectors from the registry (verified), or None when it cannot be read
+        (removed by retention, say): the swap then keeps the ranker's scale."""
+        try:
+            loaded = self.registry.load(version)
+        except Exception as exc:
+            log.warning("the ranker's version %s cannot be read from the registry (%s)", version, exc)
+            return None
+        return loaded.item_ids, loaded.item_vectors
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.last_refused = detail

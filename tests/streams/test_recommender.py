@@ -393,3 +393,51 @@ def test_a_swap_rescales_the_text_weights_to_the_new_versions_spread_of_cosines(
     other = [i for i in range(len(FEATURES)) if i not in text]
     assert torch.allclose(recommender.ranker.weights[text], learned[text] * gain)
     assert torch.equal(recommender.ranker.weights[other], learned[other])
+
+
+def test_a_restarted_worker_rescales_its_checkpointed_ranker_from_the_version_it_learned_in(tmp_path) -> None:
+    # The checkpoint names the version its text weights were scaled to. A worker restarts on the base
+    # model and is then swapped to the version in service: onto that same version nothing changes (the
+    # old code rescaled base -> version a second time); onto a newer one the gain is measured from the
+    # checkpoint's version (its item vectors, as the registry ships them), not from the base model.
+    from coldstart.model.ranker import LinearRanker, load_ranker, save_ranker, text_gain
+
+    base = ServingModel.load(device="cpu")
+    words = itertools.product(["Wireless", "Steel", "Gaming", "Office", "Kitchen"], ["mouse", "stapler", "pan", "lamp"])
+    for i, (a, b) in enumerate(words):
+        base.items.upsert(f"i{i}", f"{a} {b}")
+    base.items.refresh(base.encoder, base.cache)
+
+    def successor(version: str, squeeze: float) -> ServingModel:
+        m = ServingModel.load(device="cpu", version=version, items=base.items.copy_metadata())
+        m.items.refresh(m.encoder, m.cache)
+        vecs, _ = m.items.matrix()
+        vecs.copy_(torch.nn.functional.normalize(vecs + squeeze * vecs.mean(dim=0), dim=1))
+        return m
+
+    v1, v2 = successor("v0001", 2.0), successor("v0002", 4.0)
+    trained = LinearRanker()
+    trained.weights[0] = 7.0
+    trained.text_version = "v0001"
+    save_ranker(trained, tmp_path / "ranker.safetensors")
+
+    def restarted() -> Recommender:
+        ranker, _ = load_ranker(tmp_path / "ranker.safetensors")
+        return Recommender(Settings(device="cpu"), base, ranker=ranker)
+
+    onto_same = restarted()
+    assert onto_same.ranker.text_version == "v0001"  # not the base model it was built with
+    onto_same.swap(v1)
+    assert torch.equal(onto_same.ranker.weights, trained.weights) and onto_same.text_gains == []
+
+    onto_newer = restarted()
+    vecs, _ = v1.items.matrix()
+    onto_newer.swap(v2, reference=(list(v1.items.ids), vecs.clone()))
+    gain = text_gain(v1.items.matrix()[0], v2.items.matrix()[0])
+    assert gain != pytest.approx(text_gain(base.items.matrix()[0], v2.items.matrix()[0]), rel=0.05)
+    assert onto_newer.text_gains == [("v0002", pytest.approx(gain))]
+    assert onto_newer.ranker.text_version == "v0002"
+
+    unknown = restarted()  # the checkpoint's version is gone from the registry: the scale is kept
+    unknown.swap(v2)
+    assert torch.equal(unknown.ranker.weights, trained.weights) and unknown.ranker.text_version == "v0002"

@@ -167,3 +167,25 @@ def test_a_new_version_builds_its_coarse_index_before_it_serves(tmp_path, encode
     model = build_version(registry, version, Settings(device="cpu", ann_min_items=100), above)
     assert model.items.coarse is not None and model.items.coarse.complete(300)
     assert build_version(registry, version, Settings(device="cpu", ann_min_items=1_000), below).items.coarse is None
+
+
+def test_the_swapper_reads_a_checkpointed_rankers_version_from_the_registry(tmp_path, encoder):
+    """After a restart the ranker's checkpoint may name a version that is neither loaded nor announced:
+    the swapper reads that version's item vectors from the registry (verified) to rescale the ranker's
+    text weights, and a version the registry no longer holds gives None (the scale is kept)."""
+    import types
+
+    import torch
+    from prometheus_client import CollectorRegistry
+
+    from coldstart.streams.metrics import Metrics
+    from coldstart.streams.swap import ModelSwapper
+
+    registry = Registry(tmp_path / "registry")
+    version = publish(registry, encoder)
+    worker = types.SimpleNamespace(metrics=Metrics.create(CollectorRegistry()))
+    swapper = ModelSwapper(Settings(registry_uri=str(tmp_path / "registry"), announce_secret="s"), worker)
+    ids, vectors = swapper._item_vectors(version)
+    assert ids == ["x1", "x2"]
+    assert torch.allclose(vectors, encoder.encode(["alpha", "beta"]).float().cpu(), atol=1e-5)
+    assert swapper._item_vectors("v0099") is None

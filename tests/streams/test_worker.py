@@ -328,6 +328,8 @@ def test_a_restarted_worker_keeps_what_its_ranker_learned(kafka_bootstrap, tmp_p
         assert not torch.allclose(saved.weights, LinearRanker().weights)  # it learned: not the initial blend
         # the clicked items' offsets were learned (the shared broker's catalogue holds other tests' items too)
         assert any(abs(saved.item_bias.get(i, 0.0)) > 1e-4 for i in items), saved.item_bias
+        # and the version its text weights are scaled to, so a restart onto another version rescales from it
+        assert saved.text_version == w.recommendations(users[0])["model_version"]
         # What the worker reports: its 5 s timer sets the steps and the weights together, so read them
         # from one scrape, once that report has caught up with the checkpoint (CI once read the weights
         # of a report older than the file).
