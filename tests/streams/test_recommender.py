@@ -362,29 +362,37 @@ def test_a_swap_keeps_the_learned_text_metric(model) -> None:
     assert recommender.ranker.metric_query(torch.ones(learned.shape[0])) is not None
 
 
-def test_a_swap_rescales_the_text_weights_to_the_new_versions_spread_of_cosines() -> None:
-    # A fine-tuned version squeezes the cosines (one round: the spread halved, README); the ranker's
-    # text weights follow the spread, the other weights stay, and the same space changes nothing.
-    from coldstart.model.ranker import TEXT_FEATURES, text_gain
-
+def word_catalogue_model() -> ServingModel:
+    """The base model with 20 two-word items encoded."""
     base = ServingModel.load(device="cpu")
     words = itertools.product(["Wireless", "Steel", "Gaming", "Office", "Kitchen"], ["mouse", "stapler", "pan", "lamp"])
     for i, (a, b) in enumerate(words):
         base.items.upsert(f"i{i}", f"{a} {b}")
     base.items.refresh(base.encoder, base.cache)
+    return base
+
+
+def squeezed_successor(base: ServingModel, version: str, squeeze: float) -> ServingModel:
+    """A version over ``base``'s items whose vectors are pulled towards their mean (``squeeze``), as one
+    fine-tuning round squeezes the cosines."""
+    m = ServingModel.load(device="cpu", version=version, items=base.items.copy_metadata())
+    m.items.refresh(m.encoder, m.cache)
+    vecs, _ = m.items.matrix()
+    vecs.copy_(torch.nn.functional.normalize(vecs + squeeze * vecs.mean(dim=0), dim=1))
+    return m
+
+
+def test_a_swap_rescales_the_text_weights_to_the_new_versions_spread_of_cosines() -> None:
+    # A fine-tuned version squeezes the cosines (one round: the spread halved, README); the ranker's
+    # text weights follow the spread, the other weights stay, and the same space changes nothing.
+    from coldstart.model.ranker import TEXT_FEATURES, text_gain
+
+    base = word_catalogue_model()
     recommender = Recommender(Settings(device="cpu"), base)
     learned = recommender.ranker.weights.clone()
-
-    def successor(version: str, squeeze: float) -> ServingModel:
-        m = ServingModel.load(device="cpu", version=version, items=base.items.copy_metadata())
-        m.items.refresh(m.encoder, m.cache)
-        vecs, _ = m.items.matrix()
-        vecs.copy_(torch.nn.functional.normalize(vecs + squeeze * vecs.mean(dim=0), dim=1))
-        return m
-
-    recommender.swap(successor("v-same", 0.0))
+    recommender.swap(squeezed_successor(base, "v-same", 0.0))
     assert torch.allclose(recommender.ranker.weights, learned)
-    squeezed = successor("v-squeezed", 2.0)
+    squeezed = squeezed_successor(base, "v-squeezed", 2.0)
     gain = text_gain(recommender.model.items.matrix()[0], squeezed.items.matrix()[0])
     assert gain > 1.5
     recommender.swap(squeezed)
@@ -402,20 +410,8 @@ def test_a_restarted_worker_rescales_its_checkpointed_ranker_from_the_version_it
     # checkpoint's version (its item vectors, as the registry ships them), not from the base model.
     from coldstart.model.ranker import LinearRanker, load_ranker, save_ranker, text_gain
 
-    base = ServingModel.load(device="cpu")
-    words = itertools.product(["Wireless", "Steel", "Gaming", "Office", "Kitchen"], ["mouse", "stapler", "pan", "lamp"])
-    for i, (a, b) in enumerate(words):
-        base.items.upsert(f"i{i}", f"{a} {b}")
-    base.items.refresh(base.encoder, base.cache)
-
-    def successor(version: str, squeeze: float) -> ServingModel:
-        m = ServingModel.load(device="cpu", version=version, items=base.items.copy_metadata())
-        m.items.refresh(m.encoder, m.cache)
-        vecs, _ = m.items.matrix()
-        vecs.copy_(torch.nn.functional.normalize(vecs + squeeze * vecs.mean(dim=0), dim=1))
-        return m
-
-    v1, v2 = successor("v0001", 2.0), successor("v0002", 4.0)
+    base = word_catalogue_model()
+    v1, v2 = squeezed_successor(base, "v0001", 2.0), squeezed_successor(base, "v0002", 4.0)
     trained = LinearRanker()
     trained.weights[0] = 7.0
     trained.text_version = "v0001"
