@@ -105,6 +105,8 @@ class EvaluationSettings:
         if self.trainer_round_samples < 1 or self.trainer_steps < 0:
             raise ConfigError(f"{self.PREFIX}TRAINER_ROUND_SAMPLES must be at least 1 and {self.PREFIX}TRAINER_STEPS "
                               f"at least 0, got {self.trainer_round_samples}, {self.trainer_steps}")
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{self.PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
 
     def trainer_config(self, trainer: TrainerSettings) -> TrainerSettings:
         """The trainer section as ``--trainer`` runs it: a round every ``trainer_round_samples`` new samples
@@ -115,8 +117,6 @@ class EvaluationSettings:
         """
         return dataclasses.replace(trainer, round_min_samples=self.trainer_round_samples, round_every_s=1e12,
                                    steps=self.trainer_steps or trainer.steps)
-        if not DEVICE.fullmatch(self.device):
-            raise ConfigError(f"{self.PREFIX}DEVICE={self.device!r} is not a device: use auto, cpu, cuda or cuda:N")
 
 
 SECTIONS = {"trainer": TrainerSettings, "evaluation": EvaluationSettings}  # nested sections of Settings, each with its own variable prefix

@@ -24,6 +24,7 @@ def test_the_trainer_section_reads_its_own_variables_and_flags_win():
     ("COLDSTART_TRAINER_STEPS", "many", "COLDSTART_TRAINER_STEPS='many' is not a valid int"),
     ("COLDSTART_TRAINER_BATCH_SIZE", "0", "COLDSTART_TRAINER_BATCH_SIZE must be at least 1"),
     ("COLDSTART_DEVICE", "gpu", "COLDSTART_DEVICE='gpu' is not a device"),
+    ("COLDSTART_EVAL_DEVICE", "gpu", "COLDSTART_EVAL_DEVICE='gpu' is not a device"),
     ("COLDSTART_ENCODER_PRECISION", "int8", "COLDSTART_ENCODER_PRECISION='int8' is not one of float32, bfloat16"),
     ("COLDSTART_TRAINER_PRECISION", "fp16", "COLDSTART_TRAINER_PRECISION='fp16' is not one of auto, float32, bfloat16"),
 ])
