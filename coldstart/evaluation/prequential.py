@@ -570,7 +570,7 @@ class LocalStack(local.LocalStack):
         published with the gate's holdout scores (the registry's manifests)."""
         from coldstart.model.registry import Registry
 
-        out: dict[str, Any] = {"rounds": [], "outcomes": {}, "gate": {}}
+        out: dict[str, Any] = {"rounds": [], "outcomes": {}, "gate": {}, "last_gate": {}}
         if self.trainer is None:
             return out
         try:
@@ -583,6 +583,9 @@ class LocalStack(local.LocalStack):
                                      ("coldstart_trainer_gate_decisions_total", "gate")):
                 if key.startswith(name + "{"):
                     out[field_name][key.split('"')[1]] = int(value)
+            # The last gate's holdout scores, refused rounds included: the registry only keeps what shipped.
+            if key.startswith("coldstart_trainer_eval_recall_at_10{"):
+                out["last_gate"][key.split('"')[1]] = float(value)
         registry = Registry(self.settings.registry_uri)
         for version in registry.list_versions():
             manifest = registry.manifest(version)

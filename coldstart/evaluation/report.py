@@ -279,7 +279,8 @@ def _trainer_section(t: dict, k: int) -> list[str]:
             f"(lr {cfg.get('lr')}, sampling {cfg.get('sampling')}), gate tolerance {cfg.get('tolerance')} on the newest "
             f"{cfg.get('holdout_fraction')} of the buffer. Gate decisions: "
             + (", ".join(f"{n} {o}" for o, n in sorted((tr.get("gate") or {}).items())) or "none")
-            + (f" (trainer metrics: rounds {tr['outcomes']})" if tr.get("outcomes") else "") + ".", ""]
+            + (f" (trainer metrics: rounds {tr['outcomes']})" if tr.get("outcomes") else "") + "."
+            + _last_gate(tr.get("last_gate") or {}), ""]
     if rounds:
         out += ["| round | after event | buffer | outcome | version | holdout Recall@10 cand / serving | "
                 "NDCG@10 cand / serving | loss first → last | seconds |", "|---" * 9 + "|"]
@@ -426,3 +427,17 @@ def write_plots(out: Path, results: dict) -> dict[str, list[str]]:
     plt.close(fig)
     plots["importance"] = ["importance.png"]
     return plots
+
+
+def _last_gate(scores: dict[str, float]) -> str:
+    """The newest round's holdout Recall@10, candidate against serving: why a refused round was refused.
+
+    >>> _last_gate({"candidate": 0.15, "serving": 0.17})
+    ' The last gate: holdout Recall@10 candidate 0.150 vs serving 0.170.'
+    >>> _last_gate({})
+    ''
+    """
+    if "candidate" not in scores or "serving" not in scores:
+        return ""
+    return (f" The last gate: holdout Recall@10 candidate {_num(scores['candidate'])} vs serving "
+            f"{_num(scores['serving'])}.")

@@ -38,4 +38,7 @@ def test_live_trainer_run_swaps_versions_during_the_replay(tmp_path, monkeypatch
     assert len(served) >= 2, f"no version was swapped in during the replay: {tr}"
     assert tr["outcomes"].get("published", 0) >= len(served) - 1
     assert set(served[1:]) & set(tr["published"])  # the registry's manifests name what was served
-    assert "### Trainer on vs off" in (tmp_path / "report.md").read_text()
+    # The newest gate's scores come from the trainer's /metrics, so a refused round says why too.
+    assert set(tr["last_gate"]) == {"candidate", "serving"} and all(0 <= v <= 1 for v in tr["last_gate"].values())
+    report = (tmp_path / "report.md").read_text()
+    assert "### Trainer on vs off" in report and "The last gate: holdout Recall@10 candidate" in report
