@@ -161,6 +161,7 @@ class Settings:
     rocksdb_write_buffer_mb: int = 32  # all memtables
     expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
     ranker_save_every_s: float = 30.0  # the learned ranker's checkpoint in data_dir (a restart keeps it)
+    gauges_every_s: float = 5.0  # consumer lag (one ListOffsets call), ranker weights, RocksDB memory, GC pauses
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # The learned ranker's steps (issues 9 and 11). One step reads every signal of every catalogue item
     # (~0.4 ms per click here, the largest stage of a batch); its 15 weights settle long before the stream
@@ -293,6 +294,8 @@ class Settings:
             raise ConfigError(f"{PREFIX}RANKER_DENSE_STEPS must be >= 0, got {self.ranker_dense_steps}")
         if self.ranker_save_every_s <= 0:
             raise ConfigError(f"{PREFIX}RANKER_SAVE_EVERY_S must be > 0, got {self.ranker_save_every_s}")
+        if self.gauges_every_s <= 0:
+            raise ConfigError(f"{PREFIX}GAUGES_EVERY_S must be > 0, got {self.gauges_every_s}")
         if self.user_ttl_s < 0 or self.expiry_every_s <= 0:
             raise ConfigError(f"{PREFIX}USER_TTL_S must be >= 0 (0 = never) and {PREFIX}EXPIRY_EVERY_S > 0")
         from coldstart.model.estimators import check_estimator  # the model layer owns the names

@@ -178,20 +178,9 @@ class Worker:
         async def follow_model_versions() -> None:
             await self.swapper.run()
 
-        @app.timer(interval=5.0)
-        async def measure_lag() -> None:
-            # Committed offsets behind the log end, per source topic (what kafka-consumer-groups shows).
-            lag: dict[str, int] = {}
-            consumer = app.consumer
-            for tp in consumer.assignment():
-                if tp.topic not in contract.USER_TOPICS:
-                    continue
-                end = consumer.highwater(tp)
-                committed = consumer._committed_offset.get(tp) or 0
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, (end or 0) - committed)
-            for topic, value in lag.items():
-                self.metrics.consumer_lag.labels(topic).set(value)
-            self.lag_now = sum(lag.values())
+        @app.timer(interval=s.gauges_every_s)
+        async def report_gauges() -> None:
+            await self.measure_lag()
             self.report_item_evictions()
             self.report_rocksdb_memory()
             self.report_ranker()
@@ -263,6 +252,30 @@ class Worker:
         return (not app.rebalancing and app.tables.recovery.completed.is_set()
                 and bool(app.consumer.assignment()) and self.catalog_reader.caught_up.is_set()
                 and self.swapper.caught_up.is_set())
+
+    # ------------------------------------------------------------------------------------- lag
+    async def measure_lag(self) -> None:
+        """Committed offsets behind the log end, per source topic (what kafka-consumer-groups shows).
+
+        The log end comes from the broker (ListOffsets), not from the last fetch response: a consumer
+        that flow control has paused stops fetching, so its fetch highwater goes stale and would read
+        as no lag exactly while the worker is furthest behind (and the stall check would miss it)."""
+        consumer = self.app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in contract.USER_TOPICS]
+        if not tps:
+            return
+        try:
+            ends = await asyncio.wait_for(consumer.highwaters(*tps), timeout=10.0)
+        except Exception as exc:  # a slow or unreachable broker costs this reading, not the timer
+            log.warning("consumer lag not measured this time (log end offsets unavailable): %r", exc)
+            return
+        lag: dict[str, int] = {}
+        for tp in tps:
+            committed = consumer._committed_offset.get(tp) or 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, (ends.get(tp) or 0) - committed)
+        for topic, value in lag.items():
+            self.metrics.consumer_lag.labels(topic).set(value)
+        self.lag_now = sum(lag.values())
 
     # ---------------------------------------------------------------------------------- ranker
     @property

@@ -145,8 +145,9 @@ def worker(kafka_bootstrap, tmp_path_factory):
     from coldstart.streams.topics import ensure_topics
 
     ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
+    # Gauges every second, not every 5 s: a test's burst drains in a few seconds here and must be seen.
     w = WorkerProcess(kafka_bootstrap, f"cs-test-{uuid.uuid4().hex[:8]}",
-                      tmp_path_factory.mktemp("worker") / "data").start()
+                      tmp_path_factory.mktemp("worker") / "data", extra_env={"COLDSTART_GAUGES_EVERY_S": "1"}).start()
     yield w
     w.stop()
 
