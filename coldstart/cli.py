@@ -134,6 +134,8 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
                 None, help="wall-clock bound of one round [COLDSTART_TRAINER_TIME_BUDGET_S, 300]"),
             gate_tolerance: Optional[float] = typer.Option(
                 None, help="Recall@10/NDCG@10 a candidate may lose and still ship [COLDSTART_TRAINER_TOLERANCE, 0.005]"),
+            gate_z: Optional[float] = typer.Option(
+                None, help="... plus this many paired standard errors of the holdout [COLDSTART_TRAINER_GATE_Z, 1.0]"),
             metrics_port: Optional[int] = typer.Option(6067, help="Prometheus /metrics port of the trainer"),
             device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]")) -> None:
     """Buffer training.samples, fine-tune periodically, gate, publish and announce new versions."""
@@ -144,7 +146,7 @@ def trainer(bootstrap_servers: Optional[str] = Bootstrap,
                   device=device, trainer=dict(round_every_s=round_every_s, round_min_samples=round_min_samples,
                                               steps=steps, sampling=sampling, augment=augment,
                                               precision=precision, time_budget_s=time_budget_s,
-                                              tolerance=gate_tolerance))
+                                              tolerance=gate_tolerance, gate_z=gate_z))
     ensure_topics(s)
     console.print(f"trainer: registry {s.registry_uri}, buffer {s.buffer_dir}, "
                   f"round every {s.trainer.round_every_s:.0f} s or {s.trainer.round_min_samples} samples")

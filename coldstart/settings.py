@@ -52,7 +52,10 @@ class TrainerSettings:
     time_budget_s: float = 300.0
     holdout_fraction: float = 0.1
     max_holdout: int = 2_000
-    tolerance: float = 0.005  # absolute recall@10 / ndcg@10 a candidate may lose and still ship
+    tolerance: float = 0.005  # absolute recall@10 / ndcg@10 a candidate may lose and still ship ...
+    # ... plus this many standard errors of the paired per-row difference on the same holdout
+    # (trainer/gate.py): on a 86-row holdout one click is 0.012, more than the tolerance; 0 = tolerance alone.
+    gate_z: float = 1.0
     buffer_max_bytes: int = 1 << 30
     buffer_max_age_s: float = 7 * 86_400.0
     keep_versions: int = 5
@@ -78,6 +81,8 @@ class TrainerSettings:
                      "keep_versions", "poll_max_records"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.gate_z <= 5.0:
+            raise ConfigError(f"{self.PREFIX}GATE_Z must be between 0 and 5 standard errors, got {self.gate_z}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"{self.PREFIX}HOLDOUT_FRACTION must be between 0 and 1, got {self.holdout_fraction}")
 

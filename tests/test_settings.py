@@ -28,6 +28,7 @@ def test_the_trainer_section_reads_its_own_variables_and_flags_win():
     ("COLDSTART_ENCODER_PRECISION", "int8", "COLDSTART_ENCODER_PRECISION='int8' is not one of float32, bfloat16"),
     ("COLDSTART_TRAINER_PRECISION", "fp16", "COLDSTART_TRAINER_PRECISION='fp16' is not one of auto, float32, bfloat16"),
     ("COLDSTART_GAUGES_EVERY_S", "0", "COLDSTART_GAUGES_EVERY_S must be > 0"),
+    ("COLDSTART_TRAINER_GATE_Z", "-1", "COLDSTART_TRAINER_GATE_Z must be between 0 and 5"),
 ])
 def test_a_bad_value_is_a_config_error_naming_its_variable(variable, value, message):
     with pytest.raises(ConfigError, match=message):

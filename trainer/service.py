@@ -36,7 +36,8 @@ from coldstart.model.registry import Registry
 from coldstart import contract
 from coldstart.contract import ANNOUNCE_KEY, DeadLetter, TrainingSample, redact_uri
 from coldstart.trainer.buffer import SampleBuffer, sample_id_of
-from coldstart.trainer.gate import Decision, catalog_from, decide, evaluate, split_holdout, with_context
+from coldstart.trainer.gate import (Decision, catalog_from, decide, holdout_ranks, paired_standard_errors,
+                                    ranking_metrics, split_holdout, with_context)
 from coldstart.trainer.publish import announcement, load_encoder, publish_version
 from coldstart.trainer.rounds import RoundResult, encode_texts, fine_tune
 
@@ -187,13 +188,15 @@ class Trainer:
         ids = list(catalog)
         texts = [catalog[i] for i in ids]
         cand_items = encode_texts(result.module, self.encoder.tokenizer, texts, max_length=self.encoder.max_length)
-        candidate = evaluate(result.module, self.encoder.tokenizer, holdout, catalog,
-                             max_length=self.encoder.max_length, item_vectors=cand_items)
-        serving = evaluate(self.encoder, None, holdout, catalog)
+        cand_ranks = holdout_ranks(result.module, self.encoder.tokenizer, holdout, catalog,
+                                   max_length=self.encoder.max_length, item_vectors=cand_items)
+        serv_ranks = holdout_ranks(self.encoder, None, holdout, catalog)
+        candidate, serving = ranking_metrics(cand_ranks), ranking_metrics(serv_ranks)
         for name, scores in (("candidate", candidate), ("serving", serving)):
             m.eval_recall.labels(name).set(scores["recall@10"])
             m.eval_ndcg.labels(name).set(scores["ndcg@10"])
-        decision = decide(candidate, serving, cfg.tolerance)
+        decision = decide(candidate, serving, cfg.tolerance, z=cfg.gate_z,
+                          standard_errors=paired_standard_errors(cand_ranks, serv_ranks))
         m.gate_decisions.labels(decision.outcome).inc()
         log.info("gate %s: %s (loss %.4f -> %.4f, %d steps, %.1f samples/s)", decision.outcome, decision.reason,
                  result.first_loss, result.last_loss, result.steps, result.samples_per_s)

@@ -276,7 +276,7 @@ def _trainer_section(t: dict, k: int) -> list[str]:
     rounds = tr.get("rounds") or []
     out += [f"The trainer-on replay took {tr.get('seconds')} s ({tr.get('stale', 0)} stale answers). Rounds every "
             f"{cfg.get('round_min_samples')} new samples, {cfg.get('steps')} steps of {cfg.get('batch_size')} "
-            f"(lr {cfg.get('lr')}, sampling {cfg.get('sampling')}), gate tolerance {cfg.get('tolerance')} on the newest "
+            f"(lr {cfg.get('lr')}, sampling {cfg.get('sampling')}), gate tolerance {cfg.get('tolerance')} + {cfg.get('gate_z')} paired SE on the newest "
             f"{cfg.get('holdout_fraction')} of the buffer. Gate decisions: "
             + (", ".join(f"{n} {o}" for o, n in sorted((tr.get("gate") or {}).items())) or "none")
             + (f" (trainer metrics: rounds {tr['outcomes']})" if tr.get("outcomes") else "") + "."

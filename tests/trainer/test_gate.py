@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from coldstart.model.encoder import TextEncoder
-from coldstart.trainer.gate import catalog_from, decide, evaluate, ranking_metrics, split_holdout
+from hypothesis import given, settings, strategies as st
+
+from coldstart.trainer.gate import (catalog_from, decide, evaluate, holdout_ranks, paired_standard_errors, ranking_metrics,
+                                    split_holdout)
 
 CATALOG = {
     "sku1": "xbox 360 console", "sku2": "office stapler", "sku3": "hdmi cable 6 ft",
@@ -67,6 +70,51 @@ def test_ranking_metrics_by_hand() -> None:
     assert metrics["n"] == 3
 
 
+def holdout_of(n: int, both: int, only_serving: int, only_candidate: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate and serving ranks over ``n`` rows: ``both`` rows hit by both (rank 0), then rows only
+    one of them hits; the rest both miss (rank 50)."""
+    cand = [0] * both + [50] * only_serving + [0] * only_candidate
+    serv = [0] * both + [0] * only_serving + [50] * only_candidate
+    miss = [50] * (n - len(cand))
+    return torch.tensor(cand + miss), torch.tensor(serv + miss)
+
+
+def gate(cand_ranks: torch.Tensor, serv_ranks: torch.Tensor, z: float, tolerance: float = 0.005) -> bool:
+    return decide(ranking_metrics(cand_ranks), ranking_metrics(serv_ranks), tolerance, z=z,
+                  standard_errors=paired_standard_errors(cand_ranks, serv_ranks)).publish
+
+
+def test_one_click_on_a_small_holdout_does_not_refuse_a_candidate() -> None:
+    # The live run of stop 33: 24 vs 25 hits of 86 rows; the fixed tolerance (0.005) refused it on one click.
+    cand, serv = holdout_of(86, both=22, only_serving=3, only_candidate=2)
+    assert ranking_metrics(cand)["recall@10"] == pytest.approx(24 / 86)
+    assert not gate(cand, serv, z=0.0)
+    assert gate(cand, serv, z=1.0)
+
+
+def test_a_real_loss_on_a_large_holdout_is_still_refused() -> None:
+    # 60 clicks of 2,000 lost (0.03): the paired SE is ~0.007, so the margin (~0.012) does not cover it.
+    cand, serv = holdout_of(2000, both=500, only_serving=130, only_candidate=70)
+    se = paired_standard_errors(cand, serv)["recall@10"]
+    assert 0.006 < se < 0.008
+    assert not gate(cand, serv, z=1.0)
+    # ... and the same rows a quarter as often: one SE covers what the fixed tolerance would refuse.
+    cand, serv = holdout_of(500, both=125, only_serving=33, only_candidate=30)
+    assert not gate(cand, serv, z=0.0) and gate(cand, serv, z=1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=60),
+       st.floats(0.0, 0.05), st.floats(0.0, 3.0))
+def test_the_margin_only_widens_with_z_and_identical_models_always_ship(rows, tolerance, z) -> None:
+    cand = torch.tensor([c for c, _ in rows])
+    serv = torch.tensor([s for _, s in rows])
+    if gate(cand, serv, z=0.0, tolerance=tolerance):  # what ships at z = 0 ships at any z
+        assert gate(cand, serv, z=z, tolerance=tolerance)
+    assert paired_standard_errors(serv, serv) == {"recall@10": 0.0, "ndcg@10": 0.0}
+    assert gate(serv, serv, z=z, tolerance=tolerance)
+
+
 @pytest.mark.model
 def test_a_damaged_candidate_is_refused_with_a_reason(encoder: TextEncoder) -> None:
     holdout = make_holdout()
@@ -80,6 +128,10 @@ def test_a_damaged_candidate_is_refused_with_a_reason(encoder: TextEncoder) -> N
     decision = decide(candidate, serving, tolerance=0.01)
     assert not decision.publish and decision.outcome == "refused"
     assert "worse than serving" in decision.reason and "recall@10" in decision.reason
+    # The default gate (one paired SE on top) refuses it too: it loses on every row, 12 of 12.
+    se = paired_standard_errors(holdout_ranks(broken, encoder.tokenizer, holdout, CATALOG),
+                                holdout_ranks(encoder, None, holdout, CATALOG))
+    assert not decide(candidate, serving, tolerance=0.01, standard_errors=se, z=1.0).publish
 
 
 @pytest.mark.model
