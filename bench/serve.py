@@ -33,8 +33,23 @@ from coldstart.settings import Settings
 TARGET_P99_MS = 20.0
 
 
+def wait_replica_caught_up(replica, worker, n_users: int, timeout: float = 300.0) -> None:
+    """Until the replica holds the replay's profiles (95% of its users: the anomaly guard may have kept a
+    bot-like one out) and the worker's latest ranker checkpoint (its /health ``ranker_steps`` equal to the
+    worker's ``coldstart_ranker_steps``), so that it answers as the worker would."""
+    deadline = time.monotonic() + timeout
+    health: dict = {}
+    while time.monotonic() < deadline:
+        health = replica.get("/health").json()
+        steps = worker.scrape().get("coldstart_ranker_steps", -1)
+        if health.get("profiles", 0) >= 0.95 * n_users and health.get("ranker_steps") == steps:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the replica did not catch up with the worker within {timeout:.0f} s: {health}")
+
+
 def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
-                warmup_s: float = 2.0) -> dict:
+                warmup_s: float = 2.0, replica: bool = False) -> dict:
     from coldstart.bench.stack import PROCESSED, counter_sum, gc_pauses, histogram_quantiles, merged_scrape, wait_total
     from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
@@ -53,16 +68,22 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         worker = stack.start_worker()
         wait_total([worker], PROCESSED, len(seed), timeout=1800)
         stack.wait_ready()
-        urls = [f"{worker.url}/users/{quote(u, safe='')}/recommendations?k=10" for u in users]
+        server = worker
+        if replica:  # the requests go to a serving replica instead (coldstart serve, streams/replica.py)
+            server = stack.start_replica(worker)
+            stack.wait_ready()
+            wait_replica_caught_up(server, worker, len(users))
+        serving = [worker] if server is worker else [worker, server]
+        urls = [f"{server.url}/users/{quote(u, safe='')}/recommendations?k=10" for u in users]
 
         def load(secs: float) -> LoadResult:
             return asyncio.run(open_loop(urls, rate, secs, headers=headers, classify=strategy))
 
         load(warmup_s)  # connections, the view's first calls: not counted
 
-        before = merged_scrape([worker])
+        before = merged_scrape(serving)
         idle = load(seconds)
-        mid = merged_scrape([worker])
+        mid = merged_scrape(serving)
 
         steady = [renamed(e, "~serve") for e in seed]
         base_count = counter_sum(mid, PROCESSED)
@@ -83,7 +104,7 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         t_sent = time.perf_counter()
         _, (t_done, _) = wait_total([worker], PROCESSED, base_count + len(steady), timeout=1800)
         # A batch observes its latencies before its size (PROCESSED): nothing left to settle.
-        after = merged_scrape([worker])
+        after = merged_scrape(serving)
 
     view_idle = histogram_quantiles(before, mid, "coldstart_recommendation_seconds")
     view_busy = histogram_quantiles(mid, after, "coldstart_recommendation_seconds")
@@ -101,12 +122,13 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
     def lat(s: dict, prefix: str = "") -> str:
         return " / ".join(f"{s[f'{prefix}{q}_ms']:,.1f}" for q in ("p50", "p90", "p99", "max")) + " ms"
 
+    who = "the replica" if replica else "the worker"
     rows = [
         (f"GET recommendations p50 / p90 / p99 / max at {rate:.0f}/s while ingesting {ingest_rate:.0f}/s "
-         "(from the scheduled time)", lat(b), f"idle worker {lat(i)}", f"{b['p99_ms'] / i['p99_ms']:.2f}",
+         f"(from the scheduled time; served by {who})", lat(b), f"idle worker {lat(i)}", f"{b['p99_ms'] / i['p99_ms']:.2f}",
          f"p99 <= {TARGET_P99_MS:.0f} ms: {'met' if met else 'not met'}"),
         ("  same, from the send time", lat(b, "service_"), f"idle {lat(i, 'service_')}", "-", "-"),
-        ("  the worker's view itself p50 / p99", f"{view_busy[0] * 1e3:,.1f} / {view_busy[1] * 1e3:,.1f} ms",
+        (f"  {who}'s view itself p50 / p99", f"{view_busy[0] * 1e3:,.1f} / {view_busy[1] * 1e3:,.1f} ms",
          f"idle {view_idle[0] * 1e3:,.1f} / {view_idle[1] * 1e3:,.1f} ms", "-", "-"),
         ("  requests sent / errors (ingest; idle)", f"{busy.sent:,} / {busy.errors}",
          f"{idle.sent:,} / {idle.errors}", "-", "0 errors"),
@@ -120,12 +142,13 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         (f"  event->profile p50 / p99 in that phase ({achieved_ingest:,.0f} events/s produced)",
          f"{profile[0] * 1e3:,.0f} / {profile[1] * 1e3:,.0f} ms",
          f"last event consumed {t_done - t_sent:,.1f} s after the last send", "-", "p99 <= 100 ms"),
-        ("  the worker's garbage collections (ingest; idle): each holds the GIL", gcs(gc_busy), gcs(gc_idle),
+        (f"  garbage collections of {'the worker and the replica' if replica else 'the worker'} (ingest; idle): "
+         "each holds its process's GIL", gcs(gc_busy), gcs(gc_idle),
          "-", "-"),
     ]
     for row in rows:  # one line each: the shared table wraps these long labels at 80 columns
         print(f"{row[0].strip()}: {row[1]}  [baseline: {row[2]}; ratio {row[3]}; target {row[4]}]")
-    return {"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate, "achieved_ingest_rate": achieved_ingest,
+    return {"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate, "replica": replica, "achieved_ingest_rate": achieved_ingest,
             "users": len(users), "seed_events": len(seed), "target_met": met,
             "ingest": {**b, "elapsed_s": busy.elapsed_s, "statuses": busy.statuses, "classes": busy.classes},
             "idle": {**i, "elapsed_s": idle.elapsed_s, "statuses": idle.statuses, "classes": idle.classes},

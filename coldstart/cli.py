@@ -102,6 +102,30 @@ def run_worker(s: Settings, loglevel: str = "info") -> None:
     faust_worker(w.app, loglevel).execute_from_commandline()
 
 
+@app.command()
+def serve(bootstrap_servers: Optional[str] = Bootstrap,
+          web_port: Optional[int] = typer.Option(None, help="HTTP port [COLDSTART_WEB_PORT]"),
+          ranker_path: Optional[str] = typer.Option(
+              None, help="the worker's ranker checkpoint to follow [COLDSTART_SERVE_RANKER_PATH; "
+                         "default COLDSTART_DATA_DIR/ranker.safetensors]"),
+          device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [COLDSTART_DEVICE]"),
+          loglevel: str = typer.Option("info", help="debug|info|warning")) -> None:
+    """Run a serving replica: GET /users/{id}/recommendations for every user from its own process
+    (profiles from the table's changelog, the catalog and model like a worker's), /health, /metrics."""
+    import logging
+
+    from coldstart.memory import limit_malloc_arenas
+
+    s = _settings(bootstrap_servers=bootstrap_servers, web_port=web_port, serve_ranker_path=ranker_path,
+                  device=device)
+    limit_malloc_arenas(s.malloc_arenas)
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    from coldstart.streams.replica import run_replica
+
+    console.print(f"replica of {s.app_id}: http://{s.web_host}:{s.web_port}/health")
+    run_replica(s)
+
+
 def faust_worker(app, loglevel: str):
     """Faust's worker for ``app`` without its terminal spinner. At ``warning`` or above Faust keeps the
     spinner and sets the *root* logger to DEBUG so that every record turns it (faust/worker.py,
@@ -271,14 +295,16 @@ def bench(which: str = typer.Argument("all", help="encode | batch | stream | cat
           minutes: float = typer.Option(10.0, help="overload: minutes at 3x the worker's capacity"),
           rate: float = typer.Option(200.0, help="serve: recommendation requests/s"),
           seconds: float = typer.Option(30.0, help="serve: seconds per phase (idle, then ingesting)"),
-          ingest_rate: float = typer.Option(500.0, help="serve: events/s produced while requesting")) -> None:
+          ingest_rate: float = typer.Option(500.0, help="serve: events/s produced while requesting"),
+          replica: bool = typer.Option(False, "--replica", help="serve: send the requests to a serving replica "
+                                                                "(coldstart serve) beside the worker")) -> None:
     """Benchmarks that print figures with ratios against a baseline measured in the same run
     (`importance` and `augment` are long: fine-tuning runs on both real logs)."""
     from coldstart.bench.run import run_benchmarks
 
     s = _settings(bootstrap_servers=bootstrap_servers, shared_data=shared_data)
     run_benchmarks(s, which, out, limit, minutes,
-                   serve={"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate})
+                   serve={"rate": rate, "seconds": seconds, "ingest_rate": ingest_rate, "replica": replica})
 
 
 def main() -> None:

@@ -109,6 +109,15 @@ def spawn_worker(settings: Settings, log_path: Path) -> WorkerProcess:
     return WorkerProcess(proc, f"http://{settings.web_host}:{settings.web_port}", log_path)
 
 
+def spawn_replica(settings: Settings, log_path: Path) -> WorkerProcess:
+    """Start ``coldstart serve`` (a serving replica) with exactly ``settings``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "serve", "--loglevel", "warning"],
+                                env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
+    return WorkerProcess(proc, f"http://{settings.web_host}:{settings.web_port}", log_path)
+
+
 def spawn_trainer(settings: Settings, log_path: Path, metrics_port: int) -> WorkerProcess:
     """Start ``coldstart trainer`` with exactly ``settings``; its /metrics on ``metrics_port`` (no /health)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +145,7 @@ class LocalStack:
         self.kafka = None
         self.workers: list[WorkerProcess] = []
         self.trainers: list[WorkerProcess] = []
+        self.replicas: list[WorkerProcess] = []
 
     def start(self) -> "LocalStack":
         from coldstart.kafka_local import LocalKafka, free_port
@@ -163,6 +173,21 @@ class LocalStack:
         self.workers.append(worker)
         return worker
 
+    def start_replica(self, of: WorkerProcess, **changes: Any) -> WorkerProcess:
+        """A ``coldstart serve`` replica of this stack's app, following the ranker checkpoint of ``of``
+        (a worker of this stack); not waited for."""
+        from coldstart.kafka_local import free_port
+
+        n = len(self.replicas)
+        settings = self.settings.replace(**{
+            "app_id": self.app_id, "web_host": "127.0.0.1", "web_port": free_port(),
+            "data_dir": self.workdir / f"replica{n}",
+            "serve_ranker_path": str(self.workdir / f"worker{self.workers.index(of)}" / "ranker.safetensors"),
+            **changes})
+        replica = spawn_replica(settings, self.workdir / f"replica{n}.log")
+        self.replicas.append(replica)
+        return replica
+
     def start_trainer(self, **changes: Any) -> WorkerProcess:
         """A ``coldstart trainer`` with this stack's settings and ``changes``: it reads this stack's
         training.samples and publishes into ``registry_uri`` (the workers must be given the same one)."""
@@ -177,14 +202,14 @@ class LocalStack:
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Until every worker's /health says ok."""
         deadline = time.monotonic() + timeout
-        for worker in self.workers:
+        for worker in self.workers + self.replicas:
             worker.wait_healthy(max(1.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        for worker in self.trainers + self.workers:
+        for worker in self.replicas + self.trainers + self.workers:
             if worker.proc.poll() is None:
                 worker.proc.terminate()
-        for worker in self.trainers + self.workers:
+        for worker in self.replicas + self.trainers + self.workers:
             worker.stop()
         if self.kafka is not None:
             self.kafka.stop()

@@ -166,6 +166,9 @@ class Settings:
     rocksdb_write_buffer_mb: int = 32  # all memtables
     expiry_every_s: float = 600.0  # how often each worker scans its partitions for inactive users
     ranker_save_every_s: float = 30.0  # the learned ranker's checkpoint in data_dir (a restart keeps it)
+    # coldstart serve (streams/replica.py): the worker's ranker checkpoint the replica follows; empty:
+    # data_dir/ranker.safetensors (run the replica with the worker's COLDSTART_DATA_DIR, or point here).
+    serve_ranker_path: str = ""
     gauges_every_s: float = 5.0  # consumer lag (one ListOffsets call), ranker weights, RocksDB memory, GC pauses
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # The learned ranker's steps (issues 9 and 11). One step reads every signal of every catalogue item

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hmac
 import logging
 import asyncio
 import time
@@ -34,6 +33,7 @@ from coldstart.settings import Settings
 from coldstart.model.serving import ServingModel
 from coldstart.model.anomaly import ActivityGuard
 from coldstart import contract
+from coldstart.streams.api import UNAUTHORIZED, UNAUTHORIZED_HEADERS, authorized, recommendations_answer
 from coldstart.streams.batching import take_batches
 from coldstart.streams.catalog import CatalogReader
 from coldstart.streams.metrics import BATCH_STAGES, GcPauses, Metrics
@@ -203,9 +203,7 @@ class Worker:
         @app.page("/users/{user_id}/recommendations")
         async def recommendations(web, request, user_id: str):
             if not self.authorized(request):
-                return web.json({"error": "this API needs the header 'Authorization: Bearer <token>' with the "
-                                          "token set in COLDSTART_API_TOKEN"}, status=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="coldstart"'})
+                return web.json(UNAUTHORIZED, status=401, headers=UNAUTHORIZED_HEADERS)
             # The router hashes the key with the producer's partitioner, which needs metadata for the
             # changelog topic; the producer only has it once it wrote there, so fetch it first.
             if not self.ready():
@@ -239,12 +237,7 @@ class Worker:
         return app
 
     def authorized(self, request) -> bool:
-        """True when no API token is configured, or the request carries it as a bearer token."""
-        token = self.settings.api_token
-        if not token:
-            return True
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        return authorized(self.settings, request.headers)
 
     def ready(self) -> bool:
         """Serving: partitions assigned, table recovered from its changelog, catalog caught up."""
@@ -609,30 +602,9 @@ class Worker:
     # ---------------------------------------------------------------------------------- web
     async def recommendations_view(self, web, request, user_id: str):
         started = time.perf_counter()
-        try:
-            k = int(request.query.get("k", "10"))
-        except ValueError:
-            k = -1
-        if not 1 <= k <= 1000:
-            self.metrics.recommendations.labels("bad_request").inc()
-            return web.json({"error": "k must be an integer between 1 and 1000"}, status=400)
-        exclude = request.query.get("exclude_clicked", "true").lower() not in {"0", "false", "no"}
-        raw = self.profiles.get(user_id.encode())
-        state = ProfileState.loads(raw) if raw is not None else None
-        recs = self.recommender.recommend(state, k=k, exclude_clicked=exclude)
-        outcome = "personal" if state is not None else "popular"
-        self.metrics.recommendations.labels(outcome).inc()
-        self.metrics.recommendation_seconds.observe(time.perf_counter() - started)
-        return web.json({
-            "user_id": user_id,
-            "model_version": self.model.version,
-            "n_events": state.n_events if state else 0,
-            "strategy": outcome,
-            "items": [
-                {"item_id": r.item_id, "score": round(r.score, 5), "text": r.text, "because": r.because}
-                for r in recs
-            ],
-        })
+        status, body = recommendations_answer(self.recommender, self.metrics, user_id,
+                                              self.profiles.get(user_id.encode()), request.query, started)
+        return web.json(body, status=status)
 
 
 class SystemicFailure(Exception):

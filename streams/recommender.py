@@ -156,6 +156,17 @@ class Recommender:
         self.ranker.text_version = model.version
         self.model = model
 
+    def adopt_ranker(self, ranker: LinearRanker) -> None:
+        """Rank with ``ranker`` from now on (the serving replica's copy of a worker's checkpoint): its
+        weights, text metric and item offsets, read by row through a fresh :class:`RowStats`. Call it
+        with no writer running (the replica holds its batch lock)."""
+        ranker.bias_lr = self.settings.ranker_bias_lr
+        ranker.metric_lr = self.settings.ranker_metric_lr
+        ranker.text_version = ranker.text_version or self.model.version
+        self._rows = RowStats(self.stats, self.model.device, offsets=ranker.item_bias)
+        self._prior_cache.clear()  # the prior's candidates are ranked by the offsets too
+        self.ranker = ranker
+
     def text_gain_to(self, model: ServingModel, reference: tuple[list[str], torch.Tensor] | None = None) -> float | None:
         """:func:`text_gain` from the serving version (or from ``reference``: another version's item ids
         and vectors) to ``model`` over up to ``GAIN_SAMPLE`` items that have a vector in both (a fixed

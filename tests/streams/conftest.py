@@ -40,6 +40,7 @@ class WorkerProcess:
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"  # any 127.x.y.z: two workers may share a port on distinct loopback addresses
+    role: str = "worker"  # or "serve": a serving replica (coldstart serve) of the app ``app_id``
 
     @property
     def url(self) -> str:
@@ -48,7 +49,7 @@ class WorkerProcess:
     def start(self, timeout: float = 180.0) -> "WorkerProcess":
         """``coldstart worker`` through the local toolkit, configured as an operator would: ``COLDSTART_*``
         strings (``extra_env`` on top of the test defaults) read by ``Settings.from_env``."""
-        from coldstart.local import spawn_worker
+        from coldstart.local import spawn_replica, spawn_worker
         from coldstart.settings import Settings
 
         settings = Settings.from_env({
@@ -67,7 +68,7 @@ class WorkerProcess:
         })
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-{self.port}.log"
-        self.proc = spawn_worker(settings, self.log_path).proc
+        self.proc = (spawn_replica if self.role == "serve" else spawn_worker)(settings, self.log_path).proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
