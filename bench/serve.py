@@ -21,8 +21,9 @@ loop; the client, the producer, the worker and the broker share this machine's c
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import random
-import threading
 import time
 from urllib.parse import quote
 
@@ -46,6 +47,22 @@ def wait_replica_caught_up(replica, worker, n_users: int, timeout: float = 300.0
             return
         time.sleep(0.5)
     raise RuntimeError(f"the replica did not catch up with the worker within {timeout:.0f} s: {health}")
+
+
+def produce_when_told(events, bootstrap: str, rate: float, go, results) -> None:
+    """The ingest phase's producer, in a child process: say "ready", wait for ``go``, send ``events`` at
+    ``rate``/s, put ``(summary, CPU seconds it took)`` (or the exception) on ``results``."""
+    from coldstart.replay.producer import produce
+
+    results.put("ready")
+    go.wait()
+    try:
+        started = os.times()
+        summary = asyncio.run(produce(events, bootstrap, rate=rate, progress=False))
+        done = os.times()
+        results.put((summary, done.user + done.system - started.user - started.system))
+    except BaseException as exc:  # reported by the parent, not lost in the child
+        results.put(exc)
 
 
 def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
@@ -81,26 +98,47 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
 
         load(warmup_s)  # connections, the view's first calls: not counted
 
+        def cpu() -> dict[str, float]:  # CPU seconds so far of each process on this machine's cores
+            from pathlib import Path
+
+            from coldstart.bench.stack import machine_busy_seconds, process_cpu_seconds
+
+            mine = os.times()
+            out = {"worker": process_cpu_seconds(worker.proc.pid)}
+            if server is not worker:
+                out["replica"] = process_cpu_seconds(server.proc.pid)
+            if stack.kafka is not None:
+                out["broker"] = process_cpu_seconds(int((Path(stack.kafka.data_dir) / "broker.pid").read_text()))
+            return {**out, "this process (load generator)": mine.user + mine.system,
+                    "machine": machine_busy_seconds()}
+
         before = merged_scrape(serving)
+        cpu0, t0 = cpu(), time.perf_counter()
         idle = load(seconds)
+        cpu1, t1 = cpu(), time.perf_counter()
         mid = merged_scrape(serving)
 
         steady = [renamed(e, "~serve") for e in seed]
         base_count = counter_sum(mid, PROCESSED)
-        produced: dict = {}
-
-        def ingest() -> None:
-            try:
-                produced["summary"] = asyncio.run(produce(steady, stack.bootstrap, rate=ingest_rate, progress=False))
-            except BaseException as exc:  # reported below, not lost in the thread
-                produced["error"] = exc
-
-        producer = threading.Thread(target=ingest, name="bench-serve-ingest")
+        # The producer in a process of its own: in a thread of this one it shared the load generator's
+        # GIL, and the generator fell seconds behind its own schedule (it measured itself).
+        ctx = multiprocessing.get_context("spawn")
+        go, results = ctx.Event(), ctx.Queue()
+        producer = ctx.Process(target=produce_when_told, args=(steady, stack.bootstrap, ingest_rate, go, results),
+                               name="bench-serve-ingest", daemon=True)
         producer.start()
+        if results.get(timeout=300) != "ready":
+            raise RuntimeError("the ingest producer did not start")
+        cpu_go, t_go = cpu(), time.perf_counter()
+        go.set()
         busy = load(seconds)
-        producer.join()
-        if "error" in produced:
-            raise produced["error"]
+        cpu2, t2 = cpu(), time.perf_counter()
+        outcome = results.get(timeout=1800)
+        producer.join(timeout=60)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        produced = {"summary": outcome[0]}
+        cpu_go["producer"], cpu2["producer"] = 0.0, outcome[1]
         t_sent = time.perf_counter()
         _, (t_done, _) = wait_total([worker], PROCESSED, base_count + len(steady), timeout=1800)
         # A batch observes its latencies before its size (PROCESSED): nothing left to settle.
@@ -114,6 +152,11 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
     def gcs(found: dict) -> str:
         return ", ".join(f"gen {g}: {n:,.0f} for {t * 1e3:,.0f} ms (p99 {p * 1e3:,.1f} ms)"
                          for g, (n, t, p) in found.items()) or "none"
+    cores_idle = {k: (cpu1[k] - cpu0[k]) / (t1 - t0) for k in cpu0}  # cores busy, on average
+    cores_busy = {k: (cpu2[k] - cpu_go[k]) / (t2 - t_go) for k in cpu_go}
+
+    def cores(found: dict) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in found.items())
     summary = produced["summary"]
     achieved_ingest = len(steady) / max(summary.seconds, 1e-9)
     i, b = idle.summary(), busy.summary()
@@ -142,6 +185,7 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         (f"  event->profile p50 / p99 in that phase ({achieved_ingest:,.0f} events/s produced)",
          f"{profile[0] * 1e3:,.0f} / {profile[1] * 1e3:,.0f} ms",
          f"last event consumed {t_done - t_sent:,.1f} s after the last send", "-", "p99 <= 100 ms"),
+        (f"  cores busy (ingest; idle), of this machine's {os.cpu_count()}", cores(cores_busy), cores(cores_idle), "-", "-"),
         (f"  garbage collections of {'the worker and the replica' if replica else 'the worker'} (ingest; idle): "
          "each holds its process's GIL", gcs(gc_busy), gcs(gc_idle),
          "-", "-"),
@@ -154,4 +198,5 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
             "idle": {**i, "elapsed_s": idle.elapsed_s, "statuses": idle.statuses, "classes": idle.classes},
             "view_p50_p99_s": {"ingest": view_busy, "idle": view_idle},
             "event_to_profile_p50_p99_s": profile, "drain_after_last_send_s": t_done - t_sent,
-            "gc_pauses": {"ingest": gc_busy, "idle": gc_idle}, "rows": rows}
+            "gc_pauses": {"ingest": gc_busy, "idle": gc_idle},
+            "cores_busy": {"ingest": cores_busy, "idle": cores_idle}, "rows": rows}
