@@ -100,22 +100,19 @@ class WorkerProcess:
             return ""
 
 
-def spawn_worker(settings: Settings, log_path: Path) -> WorkerProcess:
-    """Start ``coldstart worker`` with exactly ``settings`` (the rest of the environment inherited)."""
+def spawn_worker(settings: Settings, log_path: Path, command: str = "worker") -> WorkerProcess:
+    """Start ``coldstart worker`` (or ``command``: ``serve``, a serving replica) with exactly ``settings``
+    (the rest of the environment inherited)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "worker", "--loglevel", "warning"],
+        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", command, "--loglevel", "warning"],
                                 env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
     return WorkerProcess(proc, f"http://{settings.web_host}:{settings.web_port}", log_path)
 
 
 def spawn_replica(settings: Settings, log_path: Path) -> WorkerProcess:
     """Start ``coldstart serve`` (a serving replica) with exactly ``settings``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "coldstart.cli", "serve", "--loglevel", "warning"],
-                                env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
-    return WorkerProcess(proc, f"http://{settings.web_host}:{settings.web_port}", log_path)
+    return spawn_worker(settings, log_path, command="serve")
 
 
 def spawn_trainer(settings: Settings, log_path: Path, metrics_port: int) -> WorkerProcess:
