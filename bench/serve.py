@@ -77,8 +77,8 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
     random.Random(0).shuffle(users)
     headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else None
 
-    def strategy(resp) -> str:
-        return resp.json().get("strategy", "?")
+    def strategy(body) -> str:
+        return body.get("strategy", "?")
 
     with LocalStack(settings) as stack:
         asyncio.run(produce(seed, stack.bootstrap, progress=False))
