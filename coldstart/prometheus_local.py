@@ -7,7 +7,7 @@ they ship, so what is tested here is what is deployed.
 
 >>> cfg = local_config(["127.0.0.1:7001"], ["127.0.0.1:7002"], scrape_interval_s=1)
 >>> [(job["job_name"], job["static_configs"][0]["targets"]) for job in cfg["scrape_configs"]]
-[('coldstart-worker', ['127.0.0.1:7001']), ('coldstart-trainer', ['127.0.0.1:7002'])]
+[('coldstart-worker', ['127.0.0.1:7001']), ('coldstart-replica', []), ('coldstart-trainer', ['127.0.0.1:7002'])]
 >>> cfg["rule_files"][0].endswith("deploy/prometheus/alerts.yml")
 True
 """
@@ -26,15 +26,17 @@ import yaml
 from coldstart.errors import ColdstartError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
-JOBS = {"worker": "coldstart-worker", "trainer": "coldstart-trainer"}
+JOBS = {"worker": "coldstart-worker", "replica": "coldstart-replica", "trainer": "coldstart-trainer"}
 
 
-def local_config(workers: list[str], trainers: list[str], scrape_interval_s: float = 5.0) -> dict[str, Any]:
-    """The shipped configuration with local targets and absolute rule paths."""
+def local_config(workers: list[str], trainers: list[str], scrape_interval_s: float = 5.0,
+                 replicas: list[str] = ()) -> dict[str, Any]:
+    """The shipped configuration with local targets and absolute rule paths (a job without local
+    targets, such as the replica's when none runs, keeps an empty target list)."""
     cfg = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     cfg["global"]["scrape_interval"] = cfg["global"]["evaluation_interval"] = f"{scrape_interval_s:g}s"
     cfg["rule_files"] = [str(DEPLOY / name) for name in cfg["rule_files"]]
-    targets = {JOBS["worker"]: workers, JOBS["trainer"]: trainers}
+    targets = {JOBS["worker"]: workers, JOBS["replica"]: replicas, JOBS["trainer"]: trainers}
     for job in cfg["scrape_configs"]:
         job["static_configs"] = [{"targets": list(targets[job["job_name"]])}]
     return cfg
@@ -44,10 +46,10 @@ class PrometheusServer:
     """``prometheus`` as a child process on ``127.0.0.1:port`` with its data under ``data_dir``."""
 
     def __init__(self, data_dir: Path, port: int, workers: list[str], trainers: list[str],
-                 scrape_interval_s: float = 5.0) -> None:
+                 scrape_interval_s: float = 5.0, replicas: list[str] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
-        self.config = local_config(workers, trainers, scrape_interval_s)
+        self.config = local_config(workers, trainers, scrape_interval_s, replicas)
         self.proc: subprocess.Popen | None = None
 
     @staticmethod

@@ -53,7 +53,7 @@ def test_compose_runs_the_whole_product_in_order(compose):
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     assert "healthcheck" in services["kafka"]
     coldstart = {name: s for name, s in services.items() if s.get("image", "").startswith("coldstart")}
-    assert sorted(coldstart) == ["trainer", "worker-0", "worker-1"]
+    assert sorted(coldstart) == ["serve", "trainer", "worker-0", "worker-1"]
     for name, service in services.items():
         assert service.get("restart") in ("unless-stopped", "always"), name
     for name, service in coldstart.items():
@@ -65,12 +65,28 @@ def test_compose_runs_the_whole_product_in_order(compose):
     assert urls == {"http://worker-0:6066", "http://worker-1:6066"}
 
 
+def test_compose_replica_follows_a_workers_ranker_read_only(compose):
+    """The replica reads worker-0's ranker checkpoint from worker-0's own state volume, never writes it,
+    and answers on a host port of its own."""
+    serve = compose["services"]["serve"]
+    assert serve["command"] == ["coldstart", "serve"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in serve["volumes"] if v.endswith(":ro"))
+    checkpoint = Path(serve["environment"]["COLDSTART_SERVE_RANKER_PATH"])
+    assert mounts == {"worker-0-state": str(checkpoint.parent)}
+    assert checkpoint.name == "ranker.safetensors"  # streams/app.py saves it as data_dir/ranker.safetensors
+    worker_state = next(v for v in compose["services"]["worker-0"]["volumes"] if v.startswith("worker-0-state:"))
+    assert worker_state.split(":")[1] == "/var/lib/coldstart/worker"  # the image's COLDSTART_DATA_DIR
+    host_ports = [p.split(":")[0] for s in compose["services"].values() for p in s.get("ports", [])]
+    assert len(host_ports) == len(set(host_ports))
+
+
 def test_prometheus_scrapes_the_compose_services(compose):
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
                for job in config["scrape_configs"]}
-    assert targets == {"coldstart-worker": ["worker-0:6066", "worker-1:6066"], "coldstart-trainer": ["trainer:6067"]}
-    for target in targets["coldstart-worker"] + targets["coldstart-trainer"]:
+    assert targets == {"coldstart-worker": ["worker-0:6066", "worker-1:6066"], "coldstart-replica": ["serve:6066"],
+                       "coldstart-trainer": ["trainer:6067"]}
+    for target in targets["coldstart-worker"] + targets["coldstart-replica"] + targets["coldstart-trainer"]:
         assert target.split(":")[0] in compose["services"]
     prometheus = compose["services"]["prometheus"]
     assert "./prometheus:/etc/prometheus:ro" in prometheus["volumes"]
@@ -119,13 +135,37 @@ def test_statefulset_has_its_headless_service_probes_and_own_urls():
     assert service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
     pod = statefulset["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert {"readinessProbe", "livenessProbe"} <= set(container)
+    assert "livenessProbe" in container
     assert pod["securityContext"]["runAsNonRoot"] is True
     env = env_of(container)
     assert env["COLDSTART_ADVERTISED_URL"] == \
         "http://$(POD_NAME).coldstart-worker.$(POD_NAMESPACE).svc.cluster.local:6066"
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["COLDSTART_ANNOUNCE_SECRET"]["secretKeyRef"]["key"] == "announce-secret"
+
+
+def test_each_worker_pod_runs_a_replica_behind_the_serve_service():
+    """The replica shares its pod's state volume read only (the worker's ranker checkpoint) and gives
+    the pod its readiness: a worker is 503 at every rebalance, when reads must still be answered."""
+    pod = by_kind("StatefulSet")["coldstart-worker"]["spec"]["template"]["spec"]
+    worker, serve = pod["containers"]
+    assert serve["args"] == ["coldstart", "serve"]
+    assert "readinessProbe" not in worker and serve["readinessProbe"]["httpGet"]["path"] == "/health"
+    env = env_of(serve)
+    mounts = {m["name"]: m for m in serve["volumeMounts"]}
+    worker_env = env_of(worker)
+    assert mounts["state"]["readOnly"] is True
+    assert Path(env["COLDSTART_SERVE_RANKER_PATH"]) == Path(worker_env["COLDSTART_DATA_DIR"]) / "ranker.safetensors"
+    assert mounts["state"]["mountPath"] == worker_env["COLDSTART_DATA_DIR"]
+    assert env["COLDSTART_REGISTRY_URI"] == worker_env["COLDSTART_REGISTRY_URI"]
+    assert env["COLDSTART_ANNOUNCE_SECRET"] == worker_env["COLDSTART_ANNOUNCE_SECRET"]  # verifies the same swaps
+    port = serve["ports"][0]
+    assert str(port["containerPort"]) == env["COLDSTART_WEB_PORT"] != str(worker["ports"][0]["containerPort"])
+    assert "cpu" in serve["resources"]["requests"]
+    service = by_kind("Service")["coldstart-serve"]
+    assert service["spec"]["selector"].items() <= by_kind("StatefulSet")["coldstart-worker"]["spec"]["template"][
+        "metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
 
 
 def test_trainer_has_a_gpu_and_shares_the_registry_with_workers():
@@ -141,15 +181,20 @@ def test_trainer_has_a_gpu_and_shares_the_registry_with_workers():
         assert mounts[registry_volume] == env_of(pod["containers"][0])["COLDSTART_REGISTRY_URI"]
 
 
-def test_operator_resources_scrape_both_and_carry_the_tested_rules():
+def test_operator_resources_scrape_every_job_and_carry_the_tested_rules():
     monitors = by_kind("ServiceMonitor")
     services = by_kind("Service")
-    for name in ("coldstart-worker", "coldstart-trainer"):
-        selector = monitors[name]["spec"]["selector"]["matchLabels"]
-        assert selector.items() <= services[name]["metadata"]["labels"].items()
-        job_label = monitors[name]["spec"]["jobLabel"]
-        assert services[name]["metadata"]["labels"][job_label] == name  # the job the rules name
-        port = monitors[name]["spec"]["endpoints"][0]["port"]
-        assert port in {p["name"] for p in services[name]["spec"]["ports"]}
+    monitored = {"coldstart-worker": "coldstart-worker", "coldstart-replica": "coldstart-serve",
+                 "coldstart-trainer": "coldstart-trainer"}  # job -> Service
+    assert set(monitors) == set(monitored)
+    for job, service_name in monitored.items():
+        selector = monitors[job]["spec"]["selector"]["matchLabels"]
+        matched = [name for name, s in services.items() if selector.items() <= s["metadata"]["labels"].items()]
+        assert matched == [service_name], (job, matched)
+        service = services[service_name]
+        job_label = monitors[job]["spec"]["jobLabel"]
+        assert service["metadata"]["labels"][job_label] == job  # the job the rules name
+        port = monitors[job]["spec"]["endpoints"][0]["port"]
+        assert port in {p["name"] for p in service["spec"]["ports"]}
     rule = by_kind("PrometheusRule")["coldstart"]
     assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())

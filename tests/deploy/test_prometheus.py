@@ -1,6 +1,6 @@
 """Monitoring that has met a real Prometheus: a Prometheus server (Debian's ``prometheus``, installed by
-``.ci/run``) loads ``deploy/prometheus`` as shipped, scrapes a real worker and a real trainer on a real
-broker, and every alert signal and every Grafana panel query returns at least one series through its
+``.ci/run``) loads ``deploy/prometheus`` as shipped, scrapes a real worker, its serving replica and a
+real trainer on a real broker, and every alert signal and every Grafana panel query returns at least one series through its
 HTTP API. A renamed metric, a wrong label or a job name that matches nothing fails here."""
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ def panel_queries() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap, tmp_path_factory):
-    """A worker and a trainer on the module's broker, scraped every second by a real Prometheus."""
+    """A worker, a serving replica of it and a trainer on the module's broker, scraped every second by a
+    real Prometheus."""
     from coldstart.streams.topics import ensure_topics
 
     ensure_topics(Settings(bootstrap_servers=kafka_bootstrap, partitions=2))
     root = tmp_path_factory.mktemp("monitoring")
-    worker = WorkerProcess(kafka_bootstrap, unique("cs-prom"), root / "data").start()
+    app_id = unique("cs-prom")
+    worker = WorkerProcess(kafka_bootstrap, app_id, root / "data").start()
+    replica = None
     trainer_port = free_port()
     trainer_log = open(root / "trainer.log", "ab")
     trainer = subprocess.Popen(
@@ -64,6 +67,7 @@ def stack(kafka_bootstrap, tmp_path_factory):
         stdout=trainer_log, stderr=subprocess.STDOUT)
     prometheus = None
     try:
+        replica = WorkerProcess(kafka_bootstrap, app_id, root / "data", role="serve").start()
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -74,19 +78,22 @@ def stack(kafka_bootstrap, tmp_path_factory):
                     (root / "trainer.log").read_text()[-3000:]
                 time.sleep(0.5)
         prometheus = PrometheusServer(root / "prometheus", free_port(), [f"127.0.0.1:{worker.port}"],
-                                      [f"127.0.0.1:{trainer_port}"], scrape_interval_s=1).start()
-        yield worker, prometheus
+                                      [f"127.0.0.1:{trainer_port}"], scrape_interval_s=1,
+                                      replicas=[f"127.0.0.1:{replica.port}"]).start()
+        yield worker, replica, prometheus
     finally:
         if prometheus is not None:
             prometheus.stop()
         trainer.terminate()
         trainer.wait(timeout=60)
+        if replica is not None:
+            replica.stop()
         worker.stop()
 
 
-def drive_traffic(worker: WorkerProcess, produce) -> None:
-    """Events of both kinds, one malformed event and one unsigned announcement, so every labelled series
-    the rules and panels read exists."""
+def drive_traffic(worker: WorkerProcess, replica: WorkerProcess, produce) -> None:
+    """Events of both kinds, one malformed event, one unsigned announcement and a recommendation from
+    the replica, so every labelled series the rules and panels read exists."""
     item = unique("item")
     produce("catalog.items", item, {"item_id": item, "title": "Wireless noise cancelling headphones"})
     user = unique("u")
@@ -102,6 +109,12 @@ def drive_traffic(worker: WorkerProcess, produce) -> None:
     while 'coldstart_model_swaps_refused_total{reason="unsigned"} 1.0' not in worker.metrics_text():
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.5)
+    while True:  # the replica reads the profile from the table's changelog
+        answer = httpx.get(f"{replica.url}/users/{user}/recommendations", timeout=10)
+        if answer.status_code == 200 and answer.json()["n_events"] == 2:
+            break
+        assert time.monotonic() < deadline, replica.log_tail()
+        time.sleep(0.5)
 
 
 def wait_series(prometheus: PrometheusServer, exprs: dict[str, str], timeout: float = 60.0) -> dict[str, str]:
@@ -115,17 +128,17 @@ def wait_series(prometheus: PrometheusServer, exprs: dict[str, str], timeout: fl
 
 
 def test_every_alert_signal_and_panel_query_returns_series(stack, produce):
-    worker, prometheus = stack
+    worker, replica, prometheus = stack
     deadline = time.monotonic() + 60
     while True:  # target discovery and the first scrape take a moment after /-/ready
         targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
         up = sorted(t["labels"]["job"] for t in targets if t["health"] == "up")
-        if up == ["coldstart-trainer", "coldstart-worker"] or time.monotonic() > deadline:
+        if up == ["coldstart-replica", "coldstart-trainer", "coldstart-worker"] or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert up == ["coldstart-trainer", "coldstart-worker"], targets
+    assert up == ["coldstart-replica", "coldstart-trainer", "coldstart-worker"], targets
     # Traffic only once both are scraped: the refusal counter is seen at 0 first, as in production.
-    drive_traffic(worker, produce)
+    drive_traffic(worker, replica, produce)
     rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} == set(alert_signals())
 
@@ -134,7 +147,11 @@ def test_every_alert_signal_and_panel_query_returns_series(stack, produce):
     panels = {f"{title}: {expr}": expr for title, expr in panel_queries()}
     assert not wait_series(prometheus, panels), "dashboard queries without a series"
     # Nothing is wrong with this healthy pair, except the refused announcement we sent on purpose.
-    assert prometheus.query('up{job="coldstart-worker"} == 1') and prometheus.query('up{job="coldstart-trainer"} == 1')
+    for job in ("coldstart-worker", "coldstart-replica", "coldstart-trainer"):
+        assert prometheus.query(f'up{{job="{job}"}} == 1'), job
+    # The replica's answer was counted under its own job, and it holds the user's profile.
+    assert wait_series(prometheus, {"answered": 'sum(coldstart_recommendations_total{job="coldstart-replica"}) > 0',
+                                    "profiles": 'coldstart_replica_profiles{job="coldstart-replica"} > 0'}) == {}
     assert prometheus.query(signals["ColdstartModelVersionRefused"] + " > 0")
     # The check is not vacuous: a misspelt metric returns no series.
     assert wait_series(prometheus, {"typo": "sum(rate(coldstart_dlq_totl[5m]))"}, timeout=0)
