@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import random
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 from coldstart.bench.events import bestbuy_events, renamed
@@ -67,7 +68,8 @@ def produce_when_told(events, bootstrap: str, rate: float, go, results) -> None:
 
 def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, ingest_rate: float = 500.0,
                 warmup_s: float = 2.0, replica: bool = False) -> dict:
-    from coldstart.bench.stack import PROCESSED, counter_sum, gc_pauses, histogram_quantiles, merged_scrape, wait_total
+    from coldstart.bench.stack import (PROCESSED, counter_sum, gc_pauses, histogram_quantiles, machine_busy_seconds,
+                                       merged_scrape, process_cpu_seconds, wait_total)
     from coldstart.local import LocalStack
     from coldstart.replay.producer import produce
 
@@ -99,10 +101,6 @@ def bench_serve(settings: Settings, rate: float = 200.0, seconds: float = 30.0, 
         load(warmup_s)  # connections, the view's first calls: not counted
 
         def cpu() -> dict[str, float]:  # CPU seconds so far of each process on this machine's cores
-            from pathlib import Path
-
-            from coldstart.bench.stack import machine_busy_seconds, process_cpu_seconds
-
             mine = os.times()
             out = {"worker": process_cpu_seconds(worker.proc.pid)}
             if server is not worker:
