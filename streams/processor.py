@@ -313,10 +313,11 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
     Weight = the event's stored profile weight (``profile_weights``) x recency relative to the user's newest event (event time, so a
     replay gives the same profile as the live stream).
     """
-    texts = sorted({e.text for st in states for e in st.events if e.text})
-    text_vecs = model.cache.encode(model.encoder, texts) if texts else None
-    text_row = {t: i for i, t in enumerate(texts)}
     item_vecs, item_valid = model.items.matrix()
+    # Only the texts of events without an item vector are encoded (a click's text, its title or query,
+    # is not needed once its item has one): a serving replica's cache never saw the worker's encodes,
+    # so each needless text was a forward pass on its request path.
+    text_row: dict[str, int] = {}  # text -> its row in the encoded batch
     rows_txt, rows_item, slots, w, ts, owner, now = [], [], [], [], [], [], []
     kinds = []  # 0 = text row, 1 = item row
     for u, st in enumerate(states):
@@ -328,7 +329,7 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
                 rows_item.append(row)
             elif e.text:
                 kinds.append(0)
-                rows_txt.append(text_row[e.text])
+                rows_txt.append(text_row.setdefault(e.text, len(text_row)))
             else:
                 continue
             slots.append((u, j))
@@ -336,6 +337,7 @@ def event_vectors(model: ServingModel, states: Sequence[ProfileState], half_life
             ts.append(e.ts)
             now.append(newest)
             owner.append(u)
+    text_vecs = model.cache.encode(model.encoder, list(text_row)) if text_row else None
     dev = model.device
     dim = model.encoder.dim
     if not slots:

@@ -59,6 +59,26 @@ def test_a_cold_users_first_search_makes_a_profile_in_the_serving_space(processo
     assert 0.1 <= w <= 4.0
 
 
+def test_only_events_without_an_item_vector_have_their_text_encoded(model) -> None:
+    """A click's text (the query before it) is not encoded once its item has a vector: a serving replica,
+    whose cache never saw the worker's encodes, paid a forward pass for each on its request path."""
+    from coldstart.streams.processor import event_vectors
+    from coldstart.streams.state import RecentEvent
+
+    state = ProfileState("u-enc", events=[
+        RecentEvent("e1", "search", TS, text="a query no test encoded before 7f3a"),
+        RecentEvent("e2", "click", TS + 1, text="the query before the click 7f3a", item_id="hp"),
+        RecentEvent("e3", "click", TS + 2, text="a click on an item without a vector 7f3a", item_id="unknown")])
+    misses, lookups = model.cache.misses, model.cache.hits + model.cache.misses
+    vecs, weights, owner, slots = event_vectors(model, [state], half_life_s=3600.0)
+    assert (model.cache.misses - misses, model.cache.hits + model.cache.misses - lookups) == (2, 2)
+    assert slots == [(0, 0), (0, 1), (0, 2)]
+    items, _ = model.items.matrix()
+    assert torch.equal(vecs[1], items[model.items.row["hp"]])  # the click is its item's vector
+    third = model.cache.encode(model.encoder, ["a click on an item without a vector 7f3a"])[0]
+    assert torch.allclose(vecs[2], third)  # an item without a vector falls back to the click's text
+
+
 def test_an_event_id_seen_before_changes_nothing(processor) -> None:
     first = search("u2", "office stapler", event_id="dup-1")
     out = processor.process([first, first], {})  # twice within one batch
