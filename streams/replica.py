@@ -29,7 +29,9 @@ import concurrent.futures
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from aiohttp import web
@@ -61,6 +63,16 @@ def changelog_topic(app_id: str) -> str:
     return f"{app_id}-{PROFILE_TABLE}-changelog"
 
 
+def offsets_behind(highwaters: Mapping[Any, int | None], positions: Mapping[Any, int]) -> int:
+    """Offsets between what the replica applied (each partition's next offset) and that partition's last
+    known end, summed; a partition whose end is not known yet counts 0 (it is read from its start).
+
+    >>> offsets_behind({0: 120, 1: None, 2: 50}, {0: 100, 1: 7, 2: 60})
+    20
+    """
+    return sum(max(0, end - positions[tp]) for tp, end in highwaters.items() if end is not None)
+
+
 class Replica:
     """What a serving replica holds; the attributes :class:`CatalogReader` and :class:`ModelSwapper`
     read from a worker (``model``, ``recommender``, ``metrics``, ``batch_lock``, ``batch_executor``,
@@ -81,6 +93,10 @@ class Replica:
         self.gc_pauses.histogram = self.metrics.gc_pause_seconds
         self.profile_count = Gauge("coldstart_replica_profiles", "Profiles the serving replica holds.",
                                    registry=self.registry)
+        self.changelog_lag = Gauge(
+            "coldstart_replica_changelog_lag_offsets",
+            "Offsets of the profile changelog the replica has not applied yet, all partitions: how far its "
+            "answers trail the workers' profiles.", registry=self.registry)
         self.ranker_loads = Gauge("coldstart_replica_ranker_loaded_timestamp_seconds",
                                   "When the replica last adopted the worker's ranker checkpoint (0: never).",
                                   registry=self.registry)
@@ -141,10 +157,15 @@ class Replica:
             end = await consumer.end_offsets(tps)
             # A restarted reader reads the changelog again from its start over what it holds (records
             # overwrite, tombstones delete): requests keep their answers meanwhile.
+            lag_at = 0.0
             while True:
                 batch = await consumer.getmany(timeout_ms=50, max_records=5000)
                 for records in batch.values():
                     self.apply_changelog(records)
+                if time.monotonic() - lag_at >= 1.0:  # the high watermarks come with each fetch: no request
+                    lag_at = time.monotonic()
+                    self.changelog_lag.set(offsets_behind({tp: consumer.highwater(tp) for tp in tps},
+                                                          {tp: await consumer.position(tp) for tp in tps}))
                 if not self.profiles_caught_up.is_set() and await CatalogReader._at_end(consumer, end):
                     self.profiles_caught_up.set()
                     log.info("profile changelog caught up: %d profiles", len(self.profiles))

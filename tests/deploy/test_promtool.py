@@ -27,7 +27,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_config_and_rules_load():
     done = promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 10 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 11 rules found" in done.stdout + done.stderr
 
 
 def test_every_alert_fires_when_it_should_and_only_then():

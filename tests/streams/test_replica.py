@@ -133,3 +133,6 @@ def test_a_new_event_reaches_the_replica(pair, kafka_bootstrap):
     worker.wait_for_events(user, 1, timeout=60)
     body = replica.wait_for_events(user, 1, timeout=30)
     assert body["strategy"] == "personal"
+    # Nothing of the changelog is left unapplied once the answer shows it (the gauge is set every second).
+    wait_until(lambda: "\ncoldstart_replica_changelog_lag_offsets 0.0\n" in replica.metrics_text(), 10,
+               "the replica's changelog lag at 0", replica)
