@@ -63,14 +63,23 @@ def changelog_topic(app_id: str) -> str:
     return f"{app_id}-{PROFILE_TABLE}-changelog"
 
 
-def offsets_behind(highwaters: Mapping[Any, int | None], positions: Mapping[Any, int]) -> int:
-    """Offsets between what the replica applied (each partition's next offset) and that partition's last
-    known end, summed; a partition whose end is not known yet counts 0 (it is read from its start).
+def offsets_behind(ends: Mapping[Any, int | None], positions: Mapping[Any, int]) -> int:
+    """Offsets between what the replica applied (each partition's next offset) and that partition's log
+    end, summed; a partition whose end is unknown counts 0.
 
     >>> offsets_behind({0: 120, 1: None, 2: 50}, {0: 100, 1: 7, 2: 60})
     20
     """
-    return sum(max(0, end - positions[tp]) for tp, end in highwaters.items() if end is not None)
+    return sum(max(0, end - positions[tp]) for tp, end in ends.items() if end is not None)
+
+
+async def reader_lag(consumer: AIOKafkaConsumer, tps, timeout_s: float = 10.0) -> int:
+    """Offsets ``consumer`` has not read yet in ``tps``. The log end comes from the broker (ListOffsets),
+    not ``consumer.highwater``: that is the last fetch response's, and it goes stale exactly while a
+    starved reader fetches rarely (the worker's lag gauge read 0 through a whole burst that way,
+    streams/app.py ``measure_lag``)."""
+    ends = await asyncio.wait_for(consumer.end_offsets(list(tps)), timeout=timeout_s)
+    return offsets_behind(ends, {tp: await consumer.position(tp) for tp in tps})
 
 
 class Replica:
@@ -152,6 +161,7 @@ class Replica:
                                     auto_offset_reset="earliest", client_id=f"{s.app_id}-replica-profiles",
                                     **aiokafka_options(s))
         await consumer.start()
+        lag_task = None
         try:
             tps = await assign_all_partitions(consumer, (changelog_topic(s.app_id),))
             end = await consumer.end_offsets(tps)
@@ -162,15 +172,22 @@ class Replica:
                 batch = await consumer.getmany(timeout_ms=50, max_records=5000)
                 for records in batch.values():
                     self.apply_changelog(records)
-                if time.monotonic() - lag_at >= 1.0:  # the high watermarks come with each fetch: no request
-                    lag_at = time.monotonic()
-                    self.changelog_lag.set(offsets_behind({tp: consumer.highwater(tp) for tp in tps},
-                                                          {tp: await consumer.position(tp) for tp in tps}))
+                if time.monotonic() - lag_at >= s.gauges_every_s and (lag_task is None or lag_task.done()):
+                    lag_at = time.monotonic()  # beside the reader: a slow broker never holds records back
+                    lag_task = asyncio.create_task(self.measure_changelog_lag(consumer, tps))
                 if not self.profiles_caught_up.is_set() and await CatalogReader._at_end(consumer, end):
                     self.profiles_caught_up.set()
                     log.info("profile changelog caught up: %d profiles", len(self.profiles))
         finally:
+            if lag_task is not None:
+                lag_task.cancel()
             await consumer.stop()
+
+    async def measure_changelog_lag(self, consumer: AIOKafkaConsumer, tps) -> None:
+        try:
+            self.changelog_lag.set(await reader_lag(consumer, tps))
+        except Exception as exc:  # a slow or unreachable broker costs this reading, not the reader
+            log.warning("replica changelog lag not measured this time (log end offsets unavailable): %r", exc)
 
     # ------------------------------------------------------------------ ranker
     async def follow_ranker(self) -> None:

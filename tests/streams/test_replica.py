@@ -7,7 +7,8 @@ import json
 import time
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
 from tests.streams.conftest import WorkerProcess, unique
 
@@ -136,3 +137,48 @@ def test_a_new_event_reaches_the_replica(pair, kafka_bootstrap):
     # Nothing of the changelog is left unapplied once the answer shows it (the gauge is set every second).
     wait_until(lambda: "\ncoldstart_replica_changelog_lag_offsets 0.0\n" in replica.metrics_text(), 10,
                "the replica's changelog lag at 0", replica)
+
+
+def test_the_lag_counts_what_a_reader_has_not_read_by_the_brokers_log_end(kafka_bootstrap):
+    """``reader_lag`` against a real topic: every record unread before the first fetch (a fetch highwater
+    would not exist yet and read 0), none once read, and records written after the last read counted."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from coldstart.streams.catalog import assign_all_partitions
+    from coldstart.streams.replica import reader_lag
+
+    topic = unique("lag")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+
+    def send(n: int) -> None:
+        for i in range(n):
+            producer.send(topic, key=f"k{i}".encode(), value=b"v")
+        producer.flush()
+
+    async def scenario() -> list[int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = await assign_all_partitions(consumer, (topic,))
+            seen = [await reader_lag(consumer, tps)]
+            read = 0
+            while read < 30:
+                read += sum(len(r) for r in (await consumer.getmany(timeout_ms=500)).values())
+            seen.append(await reader_lag(consumer, tps))
+            send(7)  # after the last fetch
+            seen.append(await reader_lag(consumer, tps))
+            return seen
+        finally:
+            await consumer.stop()
+
+    send(30)
+    try:
+        assert asyncio.run(scenario()) == [30, 0, 7]
+    finally:
+        producer.close()
