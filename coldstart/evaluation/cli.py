@@ -90,3 +90,34 @@ def run(dataset: str = typer.Argument(..., help="bestbuy[:ROWS] | amazon[:valid]
                           f"{', '.join(v['version'] for v in on.get('versions', []))}; rounds: "
                           f"{', '.join(r['outcome'] for r in on.get('rounds', []))}")
     console.print(f"report: {out / 'report.md'}")
+
+
+@eval_app.command("compare")
+def compare(run_a: Path = typer.Argument(..., help="report folder of the baseline run (A)"),
+            run_b: Path = typer.Argument(..., help="report folder of the changed run (B), same stream and task"),
+            method: str = typer.Option("live", help="whose rankings: live | live_trainer"),
+            k: int = typer.Option(10, help="Recall@K"),
+            n_boot: int = typer.Option(1000, help="bootstrap resamples (over users)"),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
+    """Pair two runs of `coldstart eval run` click by click: Recall@K of A and B and B - A with a paired
+    bootstrap 95% interval over users, for users with 1-5 prior events and for each prior-event group."""
+    import json
+
+    from rich.table import Table
+
+    from coldstart.errors import ColdstartError
+    from coldstart.evaluation.compare import compare_runs, read_rankings
+
+    try:
+        result = compare_runs(read_rankings(run_a, method), read_rankings(run_b, method), k=k, n_boot=n_boot)
+    except ColdstartError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    table = Table("task", "prior events", "clicks", "users", f"A Recall@{k}", f"B Recall@{k}", "B - A", "95% (users)")
+    for task, groups in result.items():
+        for group, d in groups.items():
+            table.add_row(task, group, str(d["n"]), str(d["users"]), f"{d['recall_a']:.4f}", f"{d['recall_b']:.4f}",
+                          f"{d['diff']:+.4f}", f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]")
+    Console(width=max(Console().width, 132)).print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=1), encoding="utf-8")
