@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = ["FEATURES", "TEXT_FEATURES", "LinearRanker", "cosine_spread", "feature_matrix", "initial_weights",
-           "load_ranker", "save_ranker", "text_gain"]
+           "load_ranker", "on", "save_ranker", "text_gain"]
 
 FEATURES = (
     "profile_cos_blend",  # (1 - a(n)) * cos(profile, item): today's personal term
@@ -75,6 +75,19 @@ def initial_weights() -> torch.Tensor:
     return w
 
 
+def on(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` on ``device`` (and in ``dtype``), converted only when it is not already: every torch call
+    releases and retakes the GIL, and in a worker whose event loop wants the GIL back each handover can
+    wait for the loop (issue 11: no-op conversions were a third of the torch calls of a ranker step).
+
+    >>> x = torch.zeros(2); on(x, x.device) is x, on(x, x.device, torch.float64).dtype
+    (True, torch.float64)
+    """
+    if t.device == device and (dtype is None or t.dtype == dtype):
+        return t
+    return t.to(device, dtype) if dtype is not None else t.to(device)
+
+
 def feature_matrix(signals: dict[str, torch.Tensor], n_events: float, pop_weight: float) -> torch.Tensor:
     """Stack the per-item signals into ``[n_items, len(FEATURES)]``.
 
@@ -88,10 +101,11 @@ def feature_matrix(signals: dict[str, torch.Tensor], n_events: float, pop_weight
     >>> (f @ initial_weights() / INITIAL_SCALE).tolist()
     [0.375, 0.25]
     """
-    n = next(iter(signals.values())).shape[0]
     ref = next(iter(signals.values()))
-    zeros = torch.zeros(n, device=ref.device)
-    get = lambda name: signals.get(name, zeros).to(ref.device, torch.float32)  # noqa: E731
+    dev = ref.device
+    zeros = torch.zeros(ref.shape[0], device=dev)
+
+    get = lambda name: on(signals.get(name, zeros), dev, torch.float32)  # noqa: E731
     logn = math.log1p(max(float(n_events), 0.0))
     cos = get("profile_cos")
     pop = get("popularity")
@@ -173,8 +187,8 @@ class LinearRanker:
 
     def score(self, features: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Each candidate's score; ``offsets``: the candidates' item biases (:meth:`offsets_of`)."""
-        scores = features @ self.weights.to(features.device)
-        return scores if offsets is None else scores + offsets.to(scores.device)
+        scores = features @ on(self.weights, features.device)
+        return scores if offsets is None else scores + on(offsets, scores.device)
 
     def item_prior(self, popularity: torch.Tensor, newness: torch.Tensor, offsets: torch.Tensor,
                    n_events: float, pop_weight: float) -> torch.Tensor:
@@ -213,20 +227,19 @@ class LinearRanker:
         outside a candidate set; their ``item_ids`` are None). ``metric_inputs``: the candidates' item
         vectors and the user's profile vector, when ``offsets`` hold the metric term (:meth:`metric_query`):
         the metric then learns too. Returns the loss before the step."""
-        w = self.weights.to(features.device)
-        scores = features @ w
+        scores = features @ on(self.weights, features.device)
         if offsets is not None:
-            scores = scores + offsets.to(scores.device)
+            scores = scores + on(offsets, scores.device)
         if log_weights is not None:
-            scores = scores + log_weights.to(scores.device)
+            scores = scores + on(log_weights, scores.device)
         if mask is not None:
-            scores = scores.masked_fill(~mask.to(features.device), float("-inf"))
+            scores = scores.masked_fill(~on(mask, features.device), float("-inf"))
         logp = torch.log_softmax(scores, dim=0)
         p = logp.exp()
         # E_p[f] - f_target; as a vector-matrix product (a broadcast product summed over the items took
         # 30 ms at 100k, 0.2 ms this way: it runs once per click on the writer thread).
         grad = p @ torch.nan_to_num(features) - features[target]
-        grad = grad.cpu() + self.l2 * self.weights
+        grad = on(grad, self.weights.device) + self.l2 * self.weights
         self.grad_sq += grad * grad
         self.steps += 1
         rate = self.lr * self.steps / (self.steps + self.warmup)
@@ -244,7 +257,7 @@ class LinearRanker:
         metric = self.metric  # once: the batch thread may replace it while a request reads
         if self.metric_lr <= 0 or metric is None or metric.shape != profile.shape:
             return None  # off, nothing learned yet, or a model version of another width (relearned)
-        return profile * metric.to(profile.device, profile.dtype)
+        return profile * on(metric, profile.device, profile.dtype)
 
     def _metric_step(self, p: torch.Tensor, target: int, item_vecs: torch.Tensor, profile: torch.Tensor,
                      warm: float) -> None:
@@ -260,9 +273,9 @@ class LinearRanker:
         >>> r.metric[1].item() > 0.5, r.metric[0].item()
         (True, 0.0)
         """
-        x = torch.nan_to_num(item_vecs.float())
-        g = (p.float() @ x - x[target]) * profile.float().to(x.device)
-        g = g.cpu()
+        x = torch.nan_to_num(on(item_vecs, item_vecs.device, torch.float32))
+        g = (on(p, p.device, torch.float32) @ x - x[target]) * on(profile, x.device, torch.float32)
+        g = on(g, torch.device("cpu"))
         if self.metric is None or self.metric.shape != g.shape:
             self.metric, self.metric_sq = torch.zeros_like(g), torch.full_like(g, METRIC_SQ0)
         g = g + self.l2 * self.metric
