@@ -12,6 +12,8 @@
   the worker ingests a steady event rate, beside the same requests to the idle worker (``bench/serve.py``).
 - ``bots``: a fixed set of bots merged into both real logs, through the worker's anomaly guard: share of
   bot and genuine events flagged, popularity and co-clicks against the clean log's (``bench/bots.py``).
+- ``learn``: the worker's ``learn`` stage per batch, alone and beside a thread that holds the GIL part of
+  the time, and torch calls per ranker step (``bench/learn.py``; no broker).
 - ``catalog``: the item index, scoring and top-10 at 100k and 1M synthetic items (``bench/catalog.py``).
 - ``scale``: 1, 2 and 4 workers of one app on one broker (the group spreads the partitions): aggregate and
   per-worker events/s, event->profile p50/p99 at a fixed rate, scaling efficiency and a capacity table
@@ -59,6 +61,10 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.scale import bench_scale
 
         results["scale"] = bench_scale(settings)
+    if which in ("learn",):  # issue 11: the learn stage alone and beside a GIL contender (no broker)
+        from coldstart.bench.learn import bench_learn
+
+        results["learn"] = bench_learn(settings)
     if which in ("train",):  # issue 10, item 4: trainer samples/s by precision, both logs (no broker)
         from coldstart.bench.train import bench_train
 
