@@ -22,7 +22,8 @@ from coldstart.errors import ColdstartError, DatasetMissing
 from coldstart.evaluation.metrics import COLD_GROUPS, hit, prior_group
 from coldstart.evaluation.records import LIVE
 
-__all__ = ["PairedDifference", "compare_runs", "paired_difference", "read_rankings"]
+__all__ = ["PairedDifference", "bootstrap_users", "compare_runs", "paired_difference", "per_user_sums",
+           "read_rankings"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,29 @@ class PairedDifference:
                 "diff": self.diff, "ci": list(self.ci)}
 
 
+def per_user_sums(pairs: Sequence[tuple[str, float, float]]) -> np.ndarray:
+    """``[users, 3]``: each user's clicks, hits in A and hits in B, from (user, hit A, hit B) per click.
+
+    >>> per_user_sums([("u", 1.0, 0.0), ("v", 0.0, 1.0), ("u", 1.0, 1.0)]).tolist()
+    [[2.0, 2.0, 1.0], [1.0, 0.0, 1.0]]
+    """
+    by_user: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for user, a, b in pairs:
+        acc = by_user[user]
+        acc[0] += 1
+        acc[1] += a
+        acc[2] += b
+    return np.array(list(by_user.values()), dtype=float).reshape(-1, 3)
+
+
+def bootstrap_users(sums: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """``[n_boot, 3]``: the column sums of ``sums`` (:func:`per_user_sums`) over users resampled with
+    replacement: a user's clicks stay together, as they are not independent of each other."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    return sums[idx].sum(axis=1)
+
+
 def paired_difference(pairs: Sequence[tuple[str, float, float]], n_boot: int = 1000,
                       seed: int = 0) -> PairedDifference:
     """``pairs``: (user, hit in A, hit in B) per click. The interval resamples users with replacement.
@@ -54,17 +78,9 @@ def paired_difference(pairs: Sequence[tuple[str, float, float]], n_boot: int = 1
     """
     if not pairs:
         raise ColdstartError("no click is in both runs: were they made from the same stream and task?")
-    by_user: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # clicks, hits A, hits B
-    for user, a, b in pairs:
-        acc = by_user[user]
-        acc[0] += 1
-        acc[1] += a
-        acc[2] += b
-    sums = np.array(list(by_user.values()))  # [users, 3]
+    sums = per_user_sums(pairs)
     n, hits_a, hits_b = sums.sum(axis=0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    boot = sums[idx].sum(axis=1)  # [n_boot, 3]
+    boot = bootstrap_users(sums, n_boot, seed)
     diffs = (boot[:, 2] - boot[:, 1]) / boot[:, 0]
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     return PairedDifference(int(n), len(sums), float(hits_a / n), float(hits_b / n), float((hits_b - hits_a) / n),

@@ -90,3 +90,19 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
     assert json.loads(out.read_text())["profile_only"]["1-5"]["recall_b"] == 0.5
     missing = CliRunner().invoke(eval_app, ["compare", str(a), str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_the_trainer_ratio_interval_resamples_users_too():
+    from types import SimpleNamespace as R
+
+    from coldstart.evaluation.report import paired_ratio
+
+    # One heavy user carries the whole gain: resampled by users the interval reaches down to no gain
+    # (resampled by clicks, as it was before, it sat far above 1).
+    shared = [(100 + i, f"u{i}", 1 if i < 40 else None) for i in range(80)]
+    on = [R(click=i, user="heavy", prior=1, rank=1) for i in range(40)]
+    off = [R(click=i, user="heavy", prior=1, rank=None) for i in range(40)]
+    on += [R(click=c, user=u, prior=1, rank=r) for c, u, r in shared]
+    off += [R(click=c, user=u, prior=1, rank=r) for c, u, r in shared]
+    ratio, (lo, hi) = paired_ratio(on, off, 10, 2000)
+    assert ratio == 2.0 and lo == 1.0 and hi > 2.0
