@@ -289,11 +289,14 @@ class LinearRanker:
         over thousands of items, each share too small to move its item). Sets :attr:`bias_changed`."""
         if self.bias_lr <= 0:
             return
-        top = torch.topk(p, min(BIAS_TOP, p.shape[0])).indices.tolist()
-        rows = list(dict.fromkeys(top + [target]))
-        probs = p[rows].tolist()
+        top = torch.topk(p, min(BIAS_TOP, p.shape[0]))
+        # The top's probabilities from topk itself: indexing ``p`` with a list of rows builds an index
+        # tensor from Python ints, a tenth of a step (issue 11).
+        probs = dict(zip(top.indices.tolist(), top.values.tolist()))
+        if target not in probs:
+            probs[target] = float(p[target])
         changed = []
-        for row, prob in zip(rows, probs):
+        for row, prob in probs.items():
             item = item_ids[row]
             if item is None:
                 continue

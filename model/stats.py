@@ -284,7 +284,8 @@ class RowStats:
         self.device = device
         self.ids: list[str | None] = []  # the item each row was filled for
         self.pop = torch.zeros(1024, dtype=torch.float64, device=device)
-        self.first = torch.full((1024,), math.nan, dtype=torch.float64, device=device)  # nan: never seen
+        # -inf: never seen, so that newness = 0.5 ** inf = 0 with no mask (two torch calls a read fewer)
+        self.first = torch.full((1024,), -math.inf, dtype=torch.float64, device=device)
         self.offsets = torch.zeros(1024, device=device)
         self._index = None
         self._evictions = -1
@@ -309,9 +310,41 @@ class RowStats:
                 pop = (self.pop[at] * scale).clamp_min(0.0).float()
                 top = max(float(self.pop[:n].max()) * scale, 0.0)
             first = self.first[at]
-            newness = torch.pow(0.5, (now - first).clamp_min(0.0) / stats.half_life_s).masked_fill(first.isnan(), 0.0)
+            newness = torch.pow(0.5, (now - first).clamp_min(0.0) / stats.half_life_s)
             offsets = self.offsets[at].clone()
         return pop, newness.float(), offsets, top
+
+    def write_offsets(self, index, item_ids: Sequence[str]) -> None:
+        """Copy these items' offsets from the shared dict into their rows now: the ranker's writer after
+        each step (~33 items). Marking them changed instead made the next read refill each of their rows'
+        three values with a tensor built per value, a third of a step's torch calls (issue 11: each call
+        hands the GIL over). An item whose row this reader has not filled for it (not read yet, moved, or
+        another index) is marked changed instead, and the next read fills it as before.
+
+        >>> s = StreamStats(); offsets = {"a": 0.0}
+        >>> class Index: ids, row, evictions, device = ["a", "b"], {"a": 0, "b": 1}, {}, torch.device("cpu")
+        >>> rows = RowStats(s, torch.device("cpu"), offsets=offsets); _ = rows.read(Index, 2, now=0.0)
+        >>> offsets.update(a=0.5, z=1.0); rows.write_offsets(Index, ["a", "z"])
+        >>> rows.offsets[:2].tolist(), list(s.changed)
+        ([0.5, 0.0], ['z'])
+        """
+        offsets, row = self.item_offsets, index.row
+        at: list[int] = []
+        values: list[float] = []
+        unfilled: list[str] = []
+        with self.lock:
+            mine = self.ids if index is self._index else ()
+            for item in item_ids:
+                r = row.get(item)
+                if r is not None and r < len(mine) and mine[r] == item:
+                    at.append(r)
+                    values.append(offsets.get(item, 0.0))
+                else:
+                    unfilled.append(item)
+            self.stats.mark_changed(unfilled)
+            if at:
+                self.offsets[torch.tensor(at, dtype=torch.long, device=self.device)] = torch.tensor(
+                    values, dtype=torch.float32, device=self.device)
 
     # ------------------------------------------------------------------------------ internals
     def _sync(self, index, n: int) -> None:
@@ -368,7 +401,7 @@ class RowStats:
             self.ids[r] = item
         at = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.pop[at] = torch.tensor([pop.get(i, 0.0) for i in items], dtype=torch.float64, device=self.device)
-        self.first[at] = torch.tensor([first_seen.get(i, math.nan) for i in items], dtype=torch.float64,
+        self.first[at] = torch.tensor([first_seen.get(i, -math.inf) for i in items], dtype=torch.float64,
                                       device=self.device)
         offsets = self.item_offsets
         self.offsets[at] = torch.tensor([offsets.get(i, 0.0) for i in items], dtype=torch.float32, device=self.device)
@@ -376,7 +409,7 @@ class RowStats:
     def _grow(self) -> None:
         cap = self.pop.shape[0] * 2
         pop = torch.zeros(cap, dtype=torch.float64, device=self.device)
-        first = torch.full((cap,), math.nan, dtype=torch.float64, device=self.device)
+        first = torch.full((cap,), -math.inf, dtype=torch.float64, device=self.device)
         offsets = torch.zeros(cap, device=self.device)
         pop[: self.pop.shape[0]] = self.pop
         first[: self.first.shape[0]] = self.first

@@ -395,8 +395,8 @@ class Recommender:
                     self.ranker.learn_one(sig.features, target, mask=sig.valid, offsets=sig.offsets,
                                           item_ids=sig.ids(items.ids), log_weights=sig.log_weights,
                                           metric_inputs=sig.metric_inputs)
-                    # the biases written: each request's row read (RowStats) refreshes those rows
-                    self.stats.mark_changed(self.ranker.bias_changed)
+                    # the biases written, straight into the rows every read (RowStats) serves them from
+                    self._rows.write_offsets(items, self.ranker.bias_changed)
             self.stats.observe(ev.event_id, ev.user_id, ev.item_id, ev.ts, query=ev.query)
             self.clicks_learned += 1
 

@@ -129,11 +129,16 @@ def test_row_stats_follow_clicks_exclusions_evictions_and_rebases():
     with s.excluding("e2"):  # the learned ranker reads a click's own count taken out
         check(7.0)
     check(7.0)
-    offsets["c"] = -1.0; offsets["b"] = 0.25; s.mark_changed(["c", "b"])  # a ranker step writes two biases
+    offsets["c"] = -1.0; offsets["b"] = 0.25; s.mark_changed(["c", "b"])  # biases changed elsewhere (a retraction)
     check(7.0)
-    offsets["a"] = 2.0; s.mark_changed(["a"])
+    offsets["c"] = 0.5; offsets["b"] = -0.25; rows.write_offsets(index, ["c", "b"])  # a ranker step's, into their rows
+    assert not s.changed  # written, nothing left for the next read to refill
+    check(7.0)
+    offsets["a"] = 2.0; rows.write_offsets(index, ["a"])
     index.ids.append("d"); index.row["d"] = 3  # a new row, then a row given to another item
+    offsets["d"] = 0.75; rows.write_offsets(index, ["d"])  # a row not filled yet: left to the next read
     index.reuse(0, "z")  # "z" must not inherit "a"'s bias
+    offsets["z"] = -0.5; rows.write_offsets(index, ["z"])  # row 0 still filled for "a": not written there
     check(8.0)
     _feed(s, [("e5", "u4", "z", 8.0, None)])
     check(8.0)
