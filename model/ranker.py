@@ -249,7 +249,7 @@ class LinearRanker:
             self._bias_step(p, target, item_ids, rate / self.lr)
         if metric_inputs is not None and self.metric_lr > 0:
             self._metric_step(p, target, *metric_inputs, warm=rate / self.lr)
-        return float(-logp[target])
+        return -float(logp[target])
 
     def metric_query(self, profile: torch.Tensor) -> torch.Tensor | None:
         """``profile * metric``: its dot product with an item vector is the metric's term of that item's
