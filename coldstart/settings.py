@@ -178,6 +178,12 @@ class Settings:
     # click still joins the stream statistics. Measured in the README's performance section.
     ranker_learn_every: int = 4
     ranker_dense_steps: int = 1000
+    # Load shedding (issue 11): past the dense steps a batch takes at most this many ranker steps, spread
+    # evenly over its teaching clicks; the rest are skipped (counted in ranker_steps_shed_total) and still
+    # join the statistics. Under a backlog the batches fill to BATCH_SIZE events and the steps, each a few
+    # ms when the event loop wants the GIL, were two thirds of a batch: shedding them is what lets a worker
+    # catch up. At 500 events/s a batch has ~3 teaching clicks, so the cap does not bind. 0: no cap.
+    ranker_max_steps: int = 8
     # Learning rate of the ranker's per-item offsets (model/ranker.py, measured there); 0 turns them off.
     ranker_bias_lr: float = 0.3
     # Learning rate of the ranker's diagonal metric over the text vectors (model/ranker.py); 0 turns it
@@ -300,6 +306,8 @@ class Settings:
             raise ConfigError(f"{PREFIX}IMPORTANCE_SAMPLE must be >= 1, got {self.importance_sample}")
         if self.ranker_dense_steps < 0:
             raise ConfigError(f"{PREFIX}RANKER_DENSE_STEPS must be >= 0, got {self.ranker_dense_steps}")
+        if self.ranker_max_steps < 0:
+            raise ConfigError(f"{PREFIX}RANKER_MAX_STEPS must be >= 0 (0 = no cap), got {self.ranker_max_steps}")
         if self.ranker_save_every_s <= 0:
             raise ConfigError(f"{PREFIX}RANKER_SAVE_EVERY_S must be > 0, got {self.ranker_save_every_s}")
         if self.gauges_every_s <= 0:

@@ -91,6 +91,7 @@ class Worker:
         self.agent_crashes: dict[str, BaseException] = {}
         self.stream_time = 0.0  # the newest event time applied here: the clock of user expiry
         self._evictions_reported: dict[str, int] = {}
+        self._shed_reported = 0  # recommender.steps_shed already carried to the counter
         self.batch_lock = asyncio.Lock()  # a model swap waits for the batch in flight
         self.app = self._build_app()
 
@@ -307,6 +308,10 @@ class Worker:
     def report_ranker(self) -> None:
         ranker = self.recommender.ranker
         self.metrics.ranker_steps.set(ranker.steps)
+        shed = self.recommender.steps_shed - self._shed_reported
+        if shed > 0:
+            self.metrics.ranker_steps_shed.inc(shed)
+            self._shed_reported += shed
         self.metrics.ranker_item_offsets.set(len(ranker.item_bias))
         for name, weight in zip(FEATURES, ranker.weights.tolist()):
             self.metrics.ranker_weight.labels(name).set(weight)

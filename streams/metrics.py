@@ -54,6 +54,7 @@ class Metrics:
     bot_events_flagged_back: Counter  # issue 10: a newly flagged user's earlier events (the evidence)
     bot_clicks_kept_out: Counter  # issue 10: bot clicks another worker dead-lettered, kept out here
     ranker_steps: Gauge  # issue 9: clicks the learned ranker has learned from (restored across restarts)
+    ranker_steps_shed: Counter  # issue 11: teaching clicks skipped by the per-batch cap under a backlog
     ranker_weight: Gauge  # issue 9: the ranker's weight per signal (which signal this shop's clicks follow)
     ranker_item_offsets: Gauge  # issue 9: items with a learned offset (restored across restarts)
     gc_pause_seconds: Histogram  # issue 11: the interpreter's garbage collections stop every thread
@@ -129,6 +130,10 @@ class Metrics:
                 "bot_clicks_kept_out_total", "Clicks dead-lettered as a bot's (by the worker that owns the "
                 "user) that this worker's catalog reader keeps out of its stream statistics."),
             ranker_steps=gauge("ranker_steps", "Clicks the learned ranker has learned from, checkpoint included."),
+            ranker_steps_shed=counter(
+                "ranker_steps_shed_total", "Clicks that would have taught the ranker but were skipped: a batch "
+                "takes at most COLDSTART_RANKER_MAX_STEPS steps (load shedding under a backlog); the clicks "
+                "still count in the stream statistics."),
             ranker_weight=gauge("ranker_weight", "The learned ranker's weight of each signal.", ["feature"]),
             ranker_item_offsets=gauge("ranker_item_offsets", "Items with a learned offset in the ranker."),
             gc_pause_seconds=histogram(

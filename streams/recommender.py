@@ -127,6 +127,7 @@ class Recommender:
         # popularity, first-seen and the ranker's item biases by index row
         self._rows = RowStats(self.stats, model.device, offsets=self.ranker.item_bias)
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
+        self.steps_shed = 0  # teaching clicks skipped by the per-batch cap (:meth:`shed`)
         self._scratch = threading.local()  # per thread: the candidates' vectors (model/coarse.py gather_rows)
         self._prior_cache: dict[int, tuple] = {}  # n_events -> ((n, click epoch), index, rows): _prior_rows
         self.text_gains: list[tuple[str, float]] = []  # (version, gain) of every swap that rescaled
@@ -375,20 +376,44 @@ class Recommender:
         return (s.ranker_learn_every <= 1 or self.ranker.steps < s.ranker_dense_steps
                 or zlib.crc32(event_id.encode()) % s.ranker_learn_every == 0)
 
+    def shed(self, events: Sequence[UserEvent]) -> set[str]:
+        """The teaching clicks of this batch that take no step: past the dense steps a batch takes at
+        most ``ranker_max_steps``, spread evenly over its teaching clicks in stream order (load shedding,
+        issue 11: under a backlog the batches fill up and the steps were most of a batch's time). Batches
+        of the dense phase are never capped: a fresh shop's first clicks are worth the most.
+
+        >>> r = Recommender.__new__(Recommender)
+        >>> r.settings, r.ranker = Settings(ranker_learn_every=1, ranker_dense_steps=0, ranker_max_steps=2), LinearRanker()
+        >>> clicks = [ClickEvent(event_id=f"c{i}", user_id="u", ts=0.0, item_id="a") for i in range(5)]
+        >>> sorted(r.shed(clicks)), r.shed(clicks[:2])
+        (['c1', 'c3', 'c4'], set())
+        """
+        cap = self.settings.ranker_max_steps
+        if cap <= 0 or self.ranker.steps < self.settings.ranker_dense_steps:
+            return set()
+        teaching = [ev.event_id for ev in events if isinstance(ev, ClickEvent) and self.teaches(ev.event_id)]
+        if len(teaching) <= cap:
+            return set()
+        kept = {teaching[i * len(teaching) // cap] for i in range(cap)}
+        return set(teaching) - kept
+
     def learn_clicks(self, events: Sequence[UserEvent], profiles: dict[str, ProfileState]) -> None:
-        """Prequential: a click that teaches (:meth:`teaches`) steps the ranker with the user's state
-        and the statistics as they were before it (its own count taken out); every click then joins the
-        statistics."""
+        """Prequential: a click that teaches (:meth:`teaches`, not :meth:`shed`) steps the ranker with
+        the user's state and the statistics as they were before it (its own count taken out); every click
+        then joins the statistics."""
         items = self.model.items
         # A bounded step of the coarse index's upkeep, here on the writer thread once a batch (issue 11).
         items.maintain_coarse(self.settings.ann_min_items)
+        shed = self.shed(events)
+        self.steps_shed += len(shed)
         for ev in events:
             if not isinstance(ev, ClickEvent):
                 continue
             row = items.row.get(ev.item_id)
             # teaches() first: pure Python, while reading the valid flag is two torch calls (each hands
             # the GIL over: issue 11), for the three clicks in four that take no step
-            if row is not None and self.teaches(ev.event_id) and bool(items.valid[row]):
+            if (row is not None and ev.event_id not in shed and self.teaches(ev.event_id)
+                    and bool(items.valid[row])):
                 with self.stats.excluding(ev.event_id):
                     sig = self.signals(profiles.get(ev.user_id), must=[row], sample=LEARN_SAMPLE,
                                        seed=zlib.crc32(ev.event_id.encode()))

@@ -222,7 +222,7 @@ def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_sta
     # whose id hashes to 0 mod n take one, while popularity, co-clicks and transitions count every click.
     import zlib
 
-    settings = Settings(device="cpu", ranker_learn_every=3, ranker_dense_steps=2)
+    settings = Settings(device="cpu", ranker_learn_every=3, ranker_dense_steps=2, ranker_max_steps=0)
     processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
     items = list(TITLES)
     clicks = [click(f"u{i % 7}", items[i % len(items)], TS + i) for i in range(40)]
@@ -233,6 +233,30 @@ def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_sta
     assert recommender.stats.clicks == len(clicks) == recommender.clicks_learned
     # Every click is counted in popularity, taught or not.
     assert sum(recommender.stats.pop.values()) > 0 and set(recommender.stats.pop) == set(items)
+
+
+def test_a_full_batch_sheds_ranker_steps_past_its_cap_but_counts_every_click(model) -> None:
+    # Issue 11: under a backlog a batch fills up; past the dense steps it takes at most ranker_max_steps
+    # steps, spread over its teaching clicks, and the rest are counted as shed, while the statistics
+    # still count every click. The dense phase is never capped, and a batch within the cap loses nothing.
+    import zlib
+
+    settings = Settings(device="cpu", ranker_learn_every=2, ranker_dense_steps=40, ranker_max_steps=3)
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    items = list(TITLES)
+    clicks = [click(f"u{i % 7}", items[i % len(items)], TS + i) for i in range(80)]
+    apply(processor, recommender, profiles, clicks[:40])  # a fresh ranker: dense, every click teaches
+    assert recommender.ranker.steps == 40 and recommender.steps_shed == 0
+    full = clicks[40:]
+    teaching = [c for c in full if zlib.crc32(c.event_id.encode()) % 2 == 0]
+    assert len(teaching) > 3
+    apply(processor, recommender, profiles, full)
+    assert recommender.ranker.steps == 43 and recommender.steps_shed == len(teaching) - 3
+    assert recommender.stats.clicks == len(clicks) == recommender.clicks_learned
+    small = [click(f"v{i}", items[i % len(items)], TS + 100 + i) for i in range(40)]
+    small = [c for c in small if zlib.crc32(c.event_id.encode()) % 2 == 0][:3]
+    apply(processor, recommender, profiles, small)  # within the cap: every teaching click steps
+    assert recommender.ranker.steps == 46 and recommender.steps_shed == len(teaching) - 3
 
 
 def test_a_retracted_bot_takes_its_pull_on_the_item_biases_back(model) -> None:
