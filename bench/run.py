@@ -65,6 +65,10 @@ def run_benchmarks(settings: Settings, which: str, out: Path, limit: int | None 
         from coldstart.bench.learn import bench_learn
 
         results["learn"] = bench_learn(settings)
+    if which in ("shed",):  # issue 11: what the opt-in cap on ranker steps costs under a backlog (no broker)
+        from coldstart.bench.shed import bench_shed
+
+        results["shed"] = bench_shed(settings)
     if which in ("train",):  # issue 10, item 4: trainer samples/s by precision, both logs (no broker)
         from coldstart.bench.train import bench_train
 
@@ -240,6 +244,7 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
         t_first, t_last = wait_total([worker], PROCESSED, user_events, timeout=3000)
         rate = (user_events - t_first[1]) / max(t_last[0] - t_first[0], 1e-9)
         rss = rss_bytes(worker.proc.pid)
+        ranker_cold = ranker_counts(worker)
         # Warm pass: the same log under new users and event ids. Every text is in the embedding cache
         # now, as in steady state (95% of Best Buy events repeat a text seen before).
         warm = [renamed(e, "~2") for e in events if e.type != "item"]
@@ -258,6 +263,8 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
             paced[key] = paced_latency(bootstrap, [worker], [renamed(e, suffix) for e in base], rate_s,
                                        request_users=users if req else None, request_rate=req)
         rss_end = rss_bytes(worker.proc.pid)
+        time.sleep(settings.gauges_every_s)  # the ranker's counts reach /metrics with the gauges
+        ranker_end = ranker_counts(worker)
     req = paced["500+requests"].requests
     rows = [("events/s, one worker, cold cache", f"{rate:,.0f}", f"{raw_rate:,.0f} raw aiokafka decode",
              f"{rate / raw_rate:.3f}", ">= 3,000/s"),
@@ -282,11 +289,24 @@ def bench_stream(settings: Settings, limit: int | None = None, latency_events: i
                      "from the scheduled time)",
                      f"{req.p50_s * 1e3:,.1f} / {req.p99_s * 1e3:,.1f} ms", f"{req.ok}/{req.sent} answered 200",
                      "-", "p99 <= 20 ms"))
+    rows.append(("ranker steps taken / shed (the per-batch cap under a backlog): after the cold replay; "
+                 "in the warm replay and paced phases", f"{ranker_cold[0]:,.0f} / {ranker_cold[1]:,.0f}; "
+                 f"{ranker_end[0] - ranker_cold[0]:,.0f} / {ranker_end[1] - ranker_cold[1]:,.0f}",
+                 "counted up to 5 s late (the gauges' cadence)", "-", "-"))
     rows += [("worker RSS after the cold replay", f"{rss / 2**20:,.0f} MiB", "-", "-", "<= 1,430 MiB"),
              ("worker RSS at the end", f"{rss_end / 2**20:,.0f} MiB", "-", "-", "<= 1,430 MiB")]
     return {"events": user_events, "worker_events_per_s": rate, "warm_events_per_s": warm_rate,
             "raw_consumer_events_per_s": raw_rate, "rss_bytes": rss, "rss_end_bytes": rss_end,
+            "ranker_steps_shed": {"cold": ranker_cold, "end": ranker_end},
             "paced": {k: dataclasses.asdict(v) for k, v in paced.items()}, "rows": rows}
+
+
+def ranker_counts(worker) -> tuple[float, float]:
+    """``(ranker steps, steps shed)`` as the worker's /metrics show them."""
+    from coldstart.bench.stack import counter_sum
+
+    scraped = worker.scrape()
+    return counter_sum(scraped, "coldstart_ranker_steps"), counter_sum(scraped, "coldstart_ranker_steps_shed_total")
 
 
 async def raw_consumer_rate(bootstrap: str, n: int) -> float:

@@ -287,7 +287,7 @@ _mount_eval()
 
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
-def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload | serve | scale | bots | train | learn"),
+def bench(which: str = typer.Argument("all", help="encode | batch | stream | catalog | all | importance | augment | overload | serve | scale | bots | train | learn | shed"),
           bootstrap_servers: Optional[str] = Bootstrap,
           shared_data: Optional[Path] = typer.Option(None, help="[COLDSTART_SHARED_DATA]"),
           out: Path = typer.Option(Path("reports/bench.json"), help="write the figures here"),
