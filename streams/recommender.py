@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from coldstart.contract import ClickEvent, UserEvent
 from coldstart.model.coarse import gather_rows, sample_outside
 from coldstart.model.profile import popularity_blend_of, profile_vectors, top_contributors_of_each
-from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix, text_gain
+from coldstart.model.ranker import FEATURES, LinearRanker, feature_matrix, log_gap, text_gain
 from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
 from coldstart.model.stats import RowStats, StreamStats, log_norm
@@ -59,9 +59,9 @@ def prior_candidates(n_items: int) -> int:
 
 
 # Signals grouped by what an explanation says about them.
-PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos", "max_cos"}
+PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos", "max_cos", "last_cos_x_gap"}
 QUERY_SIGNALS = {"query_memory", "query_cos"}
-POPULAR_SIGNALS = {"popularity_blend", "popularity", "popularity_x_logn"}
+POPULAR_SIGNALS = {"popularity_blend", "popularity", "popularity_x_logn", "popularity_x_gap"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,12 +265,16 @@ class Recommender:
                 scale = 1.0 / min(len(clicked), stats.coclick_window)
                 sparse["coclick"] = {k: v * scale for k, v in co.items()}
         now = max((e.ts for e in events), default=stats.newest_ts)
+        # The gap since the user's last event, on the stream's clock (the newest click counted), not the
+        # wall clock: a replay of old events and the live stream then read it alike, and the step for a
+        # click reads what the request before it did.
+        gap = log_gap(stats.newest_ts - now) if events else 0.0
         a = popularity_blend_of(n_events)
         query_vecs = torch.cat(queries) if queries else None
         rows = log_weights = sampled = None
         coarse = items.coarse
         if coarse is not None and self.settings.ann_min_items > 0 and n >= self.settings.ann_min_items:
-            prior = self._prior_rows(items, n, now, n_events, a)
+            prior = self._prior_rows(items, n, now, n_events, a, gap)
             rows = self._candidates(coarse, query_vecs, prior, sparse, n, must)
             if sample:
                 rows, log_weights, sampled = sample_outside(rows, n, sample, seed)
@@ -290,23 +294,24 @@ class Recommender:
         if metric is not None:
             offsets = offsets.to(metric.device) + metric.float()
         metric_inputs = (item_vecs, profile[0]) if profile is not None and self.ranker.metric_lr > 0 else None
-        return Signals(feature_matrix(sig, n_events, a), offsets, item_valid, query, last_item, user_events, rows,
+        return Signals(feature_matrix(sig, n_events, a, gap), offsets, item_valid, query, last_item, user_events, rows,
                        log_weights, sampled, metric_inputs)
 
-    def _prior_rows(self, items, n: int, now: float, n_events: int, a: float) -> torch.Tensor:
+    def _prior_rows(self, items, n: int, now: float, n_events: int, a: float, gap: float = 0.0) -> torch.Tensor:
         """The :func:`prior_candidates` rows best by popularity, newness and offset for a user with
-        ``n_events`` (their weights depend on it), kept until ``PRIOR_EVERY_CLICKS`` more clicks were
+        ``n_events`` and a gap since their last event in this whole unit of :func:`log_gap` (the
+        weights depend on both), kept until ``PRIOR_EVERY_CLICKS`` more clicks were
         counted: a whole-catalogue pass (four [n] tensors and a top-k: ~20 ms at 1M items) a few times
         a second at most, not once a request. Stale by at most that many clicks, which only decides
         candidates (their features are read fresh); counted in clicks, not seconds, so the in-process
         evaluation ranks as the live worker does at any speed."""
-        key = min(n_events, 64)
+        key = (min(n_events, 64), int(gap))
         epoch = (n, self.stats.clicks // PRIOR_EVERY_CLICKS)
         hit = self._prior_cache.get(key)
         if hit is not None and hit[0] == epoch and hit[1] is items:
             return hit[2]
         pop, newness, offsets, top = self._rows.read(items, n, now)
-        prior = self.ranker.item_prior(popularity_scores(pop, top), newness, offsets, n_events, a)
+        prior = self.ranker.item_prior(popularity_scores(pop, top), newness, offsets, n_events, a, float(int(gap)))
         rows = torch.topk(prior, min(prior_candidates(n), n)).indices.sort().values
         self._prior_cache[key] = (epoch, items, rows)
         return rows

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coldstart.model.profile import popularity_blend
-from coldstart.model.ranker import FEATURES, INITIAL_SCALE, LinearRanker, feature_matrix
+from coldstart.model.ranker import FEATURES, INITIAL_SCALE, LinearRanker, feature_matrix, log_gap
 from coldstart.model.retrieval import score_items
 
 
@@ -45,6 +45,29 @@ def test_learns_that_transitions_predict_clicks_when_text_does_not():
     w = dict(zip(FEATURES, ranker.weights.tolist()))
     assert w["transition"] > w["profile_cos_blend"]
     assert hits_after >= 95 and hits_fixed < 60, (hits_after, hits_fixed)
+
+
+def test_learns_along_the_gap_transitions_within_a_session_and_popularity_after_a_week():
+    # Half the clicks come a minute after the user's last event and follow the transition, half a week
+    # later and go to the popular item: no weight without the gap columns ranks both right.
+    g = torch.Generator().manual_seed(3)
+    ranker = LinearRanker()
+    n = 40
+    hits = {"minute": 0, "week": 0}
+    for step in range(600):
+        when, gap_s = ("minute", 60.0) if step % 2 else ("week", 7 * 86_400.0)
+        sig = {"profile_cos": torch.rand(n, generator=g), "popularity": torch.rand(n, generator=g) * 0.5,
+               "transition": torch.rand(n, generator=g) * 0.5}
+        follow, popular = (int(i) for i in torch.randperm(n, generator=g)[:2])
+        sig["transition"][follow], sig["popularity"][popular] = 1.0, 1.0
+        target = follow if when == "minute" else popular
+        feats = feature_matrix(sig, n_events=2, pop_weight=0.25, gap=log_gap(gap_s))
+        if step >= 500:
+            hits[when] += int(ranker.score(feats).argmax()) == target
+        ranker.learn_one(feats, target)
+    w = dict(zip(FEATURES, ranker.weights.tolist()))
+    assert w["transition_x_gap"] < 0 < w["popularity_x_gap"], w
+    assert hits["minute"] >= 45 and hits["week"] >= 45, hits  # of 50 each
 
 
 def test_state_round_trips_and_masked_candidates_get_no_mass():

@@ -110,7 +110,7 @@ def reference_features(recommender: Recommender, state) -> torch.Tensor:
     import torch.nn.functional as F
 
     from coldstart.model.profile import popularity_blend, profile_vectors
-    from coldstart.model.ranker import feature_matrix
+    from coldstart.model.ranker import feature_matrix, log_gap
     from coldstart.model.retrieval import popularity_scores
     from coldstart.model.stats import growth, log_norm
     from coldstart.streams.processor import event_vectors
@@ -157,7 +157,7 @@ def reference_features(recommender: Recommender, state) -> torch.Tensor:
     half_life = stats.half_life_s
     sig["newness"] = dense({k: 0.5 ** (max(now - t, 0.0) / half_life) for k, t in stats.first_seen.items()})
     a = float(popularity_blend(torch.tensor([float(state.n_events)]))[0])
-    return feature_matrix(sig, state.n_events, a)
+    return feature_matrix(sig, state.n_events, a, log_gap(stats.newest_ts - now))
 
 
 def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
@@ -461,3 +461,25 @@ def test_a_restarted_worker_rescales_its_checkpointed_ranker_from_the_version_it
     unknown = restarted()  # the checkpoint's version is gone from the registry: the scale is kept
     unknown.swap(v2)
     assert torch.equal(unknown.ranker.weights, trained.weights) and unknown.ranker.text_version == "v0002"
+
+
+def test_the_gap_since_a_users_last_event_is_read_on_the_streams_clock(model) -> None:
+    """The gap columns cross popularity, transitions and the last event with log(1 + minutes) since the
+    user's last event, measured to the newest click counted (the stream's clock, not the wall clock)."""
+    from coldstart.model.ranker import log_gap
+
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    apply(processor, recommender, profiles, [click("back", "kb", TS), click("back", "mouse", TS + 30)])
+    apply(processor, recommender, profiles, [click("other", "kb", TS + 7 * 86_400.0),
+                                             click("other", "mouse", TS + 7 * 86_400.0 + 60)])
+    week = recommender.signals(profiles["back"])
+    gap = log_gap(7 * 86_400.0 + 60 - 30)
+    assert gap > 9.0
+    for name, base in (("popularity_x_gap", "popularity"), ("transition_x_gap", "transition"),
+                       ("last_cos_x_gap", "last_cos")):
+        assert torch.allclose(column(week, name), column(week, base) * gap, atol=1e-5), name
+    assert float(column(week, "last_cos_x_gap").abs().max()) > 1.0
+    now = recommender.signals(profiles["other"])  # its last click is the newest: no gap
+    assert float(column(now, "popularity_x_gap").abs().max()) == 0.0
+    assert float(column(recommender.signals(None), "popularity_x_gap").abs().max()) == 0.0
