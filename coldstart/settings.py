@@ -172,7 +172,7 @@ class Settings:
     gauges_every_s: float = 5.0  # consumer lag (one ListOffsets call), ranker weights, RocksDB memory, GC pauses
     half_life_s: float = 3600.0  # recency weighting of a user's events
     # The learned ranker's steps (issues 9 and 11). One step reads every signal of every catalogue item
-    # (~0.4 ms per click here, the largest stage of a batch); its 18 weights settle long before the stream
+    # (~0.4 ms per click here, the largest stage of a batch); its 19 weights settle long before the stream
     # ends, so after the first RANKER_DENSE_STEPS steps only one click in RANKER_LEARN_EVERY teaches it,
     # picked by a hash of the event id (the same clicks in the live worker and in the evaluation). Every
     # click still joins the stream statistics. Measured in the README's performance section.

@@ -495,7 +495,7 @@ class Recommender:
         if name.startswith("transition") and sig.last_item:
             return [_entry("transition", name, f"people who clicked {sig.last_item} next clicked this", share,
                            item_id=sig.last_item)]
-        if name == "seen" and sig.last_item:
+        if name.startswith("seen") and sig.last_item:
             return [_entry("seen", name, "you clicked this before", share)]
         if name == "coclick" and sig.last_item:
             return [_entry("coclick", name, f"people who clicked {sig.last_item} also clicked this", share,

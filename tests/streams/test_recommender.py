@@ -464,8 +464,8 @@ def test_a_restarted_worker_rescales_its_checkpointed_ranker_from_the_version_it
 
 
 def test_the_gap_since_a_users_last_event_is_read_on_the_streams_clock(model) -> None:
-    """The gap columns cross popularity, transitions and the last event with log(1 + minutes) since the
-    user's last event, measured to the newest click counted (the stream's clock, not the wall clock)."""
+    """The gap columns cross popularity, transitions, the last event and the items already clicked with
+    log(1 + minutes) since the user's last event, measured to the newest click counted (the stream's clock, not the wall clock)."""
     from coldstart.model.ranker import log_gap
 
     settings = Settings(device="cpu")
@@ -477,9 +477,10 @@ def test_the_gap_since_a_users_last_event_is_read_on_the_streams_clock(model) ->
     gap = log_gap(7 * 86_400.0 + 60 - 30)
     assert gap > 9.0
     for name, base in (("popularity_x_gap", "popularity"), ("transition_x_gap", "transition"),
-                       ("last_cos_x_gap", "last_cos")):
+                       ("last_cos_x_gap", "last_cos"), ("seen_x_gap", "seen")):
         assert torch.allclose(column(week, name), column(week, base) * gap, atol=1e-5), name
     assert float(column(week, "last_cos_x_gap").abs().max()) > 1.0
+    assert float(column(week, "seen_x_gap").max()) == pytest.approx(gap)  # "kb", "mouse": clicked a week before
     now = recommender.signals(profiles["other"])  # its last click is the newest: no gap
     assert float(column(now, "popularity_x_gap").abs().max()) == 0.0
     assert float(column(recommender.signals(None), "popularity_x_gap").abs().max()) == 0.0
