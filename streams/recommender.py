@@ -58,10 +58,9 @@ def prior_candidates(n_items: int) -> int:
     return max(100, min(4_000, n_items // 250))
 
 
-# Signals grouped by what an explanation says about them.
+# Signals grouped by what an explanation says about them (the others by name in `_because`).
 PROFILE_SIGNALS = {"profile_cos_blend", "profile_cos_x_logn", "last_cos", "max_cos", "last_cos_x_gap"}
 QUERY_SIGNALS = {"query_memory", "query_cos"}
-POPULAR_SIGNALS = {"popularity_blend", "popularity", "popularity_x_logn", "popularity_x_gap"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +128,8 @@ class Recommender:
         self.clicks_learned = 0  # distinct clicks through the batch path (the evaluation waits on it)
         self.steps_shed = 0  # teaching clicks skipped by the per-batch cap (:meth:`shed`)
         self._scratch = threading.local()  # per thread: the candidates' vectors (model/coarse.py gather_rows)
-        self._prior_cache: dict[int, tuple] = {}  # n_events -> ((n, click epoch), index, rows): _prior_rows
+        # (n_events, whole gap unit) -> ((n, click epoch), index, rows): _prior_rows
+        self._prior_cache: dict[tuple[int, int], tuple] = {}
         self.text_gains: list[tuple[str, float]] = []  # (version, gain) of every swap that rescaled
 
     def swap(self, model: ServingModel, reference: tuple[list[str], torch.Tensor] | None = None) -> None:
