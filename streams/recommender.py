@@ -89,6 +89,7 @@ class Signals:
     # (candidates' item vectors, the user's profile vector) when the ranker's metric learns
     # (LinearRanker.metric_query): ``offsets`` then include the metric's term.
     metric_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+    prev_item: str | None = None  # the user's clicked item before ``last_item`` (transition_prev)
 
     def row_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Index rows of candidate positions."""
@@ -212,7 +213,7 @@ class Recommender:
         events = state.events if state is not None else []
         n_events = state.n_events if state is not None and events else 0
         sparse: dict[str, dict[str, float]] = {}  # per-item statistics, by item id
-        query = last_item = None
+        query = last_item = prev_item = None
         user_events = None
         profile = None
         # The dense text signals: every query vector (profile, newest events, last event, pending query,
@@ -254,6 +255,10 @@ class Recommender:
                 last_item = clicked[-1]
                 following = log_norm(stats.neighbours(stats.transitions, last_item))
                 sparse["transition"] = following
+                # and from the item before it (an item clicked twice in a row adds nothing new)
+                if len(clicked) >= 2 and clicked[-2] != last_item:
+                    prev_item = clicked[-2]
+                    sparse["transition_prev"] = log_norm(stats.neighbours(stats.transitions, prev_item))
                 centroid = self._centroid(following, item_vecs, item_valid)
                 if centroid is not None:
                     ask("transition_cos", centroid[None])
@@ -295,7 +300,7 @@ class Recommender:
             offsets = offsets.to(metric.device) + metric.float()
         metric_inputs = (item_vecs, profile[0]) if profile is not None and self.ranker.metric_lr > 0 else None
         return Signals(feature_matrix(sig, n_events, a, gap), offsets, item_valid, query, last_item, user_events, rows,
-                       log_weights, sampled, metric_inputs)
+                       log_weights, sampled, metric_inputs, prev_item)
 
     def _prior_rows(self, items, n: int, now: float, n_events: int, a: float, gap: float = 0.0) -> torch.Tensor:
         """The :func:`prior_candidates` rows best by popularity, newness and offset for a user with
@@ -492,6 +497,9 @@ class Recommender:
             search = events[-1]
             return [_entry("search", name, f"because you searched {sig.query!r}", share,
                            event_id=search.event_id, text=sig.query)]
+        if name == "transition_prev" and sig.prev_item:
+            return [_entry("transition", name, f"people who clicked {sig.prev_item} went on to click this", share,
+                           item_id=sig.prev_item)]
         if name.startswith("transition") and sig.last_item:
             return [_entry("transition", name, f"people who clicked {sig.last_item} next clicked this", share,
                            item_id=sig.last_item)]

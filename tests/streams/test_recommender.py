@@ -81,6 +81,48 @@ def test_transition_cos_carries_what_followed_the_last_item_to_items_that_read_a
     assert float(column(sig, "seen")[row["st"]]) == 1.0 and float(column(sig, "seen")[row["clip"]]) == 0.0
 
 
+def test_transition_prev_carries_what_followed_the_item_before_the_last(model) -> None:
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    for u in range(5):  # others went from the stapler to the paper clips
+        apply(processor, recommender, profiles, [click(f"o{u}", "st", TS + u), click(f"o{u}", "clip", TS + u + 0.5)])
+    # the probe clicked the stapler, then a pan: what followed the pan says nothing, what followed the stapler does
+    apply(processor, recommender, profiles, [click("u3", "st", TS + 10), click("u3", "pan", TS + 11)])
+    sig = recommender.signals(profiles["u3"])
+    row = model.items.row
+    assert sig.prev_item == "st" and sig.last_item == "pan"
+    assert float(column(sig, "transition_prev")[row["clip"]]) == pytest.approx(1.0)
+    assert float(column(sig, "transition")[row["clip"]]) == 0.0
+    # what followed the stapler, the probe's own step to the pan included, and nothing else
+    ids = model.items.ids
+    assert {ids[r] for r in column(sig, "transition_prev").nonzero().flatten().tolist()} == {"clip", "pan"}
+    # the same item clicked twice in a row: the item before the last is the last, nothing new to read
+    apply(processor, recommender, profiles, [click("u4", "st", TS + 20), click("u4", "st", TS + 21)])
+    sig = recommender.signals(profiles["u4"])
+    assert sig.prev_item is None and float(column(sig, "transition_prev").abs().sum()) == 0.0
+
+
+def test_the_ranker_learns_the_item_two_clicks_back_when_the_last_click_was_a_detour(model) -> None:
+    """80 users click an item and then the one that always follows it, every other user with a detour
+    between the two; a new user who clicked the keyboard, then a detour: what follows the keyboard comes
+    first, read from the item before the last."""
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    items = list(TITLES)
+    follows = {items[i]: items[(i + 4) % len(items)] for i in range(len(items))}
+    for u in range(80):
+        first = items[u % len(items)]
+        detours = [i for i in items if i not in (first, follows[first])]
+        path = (first, follows[first]) if (u // len(items)) % 2 else (first, detours[u % len(detours)], follows[first])
+        for j, item in enumerate(path):  # a batch each: a step reads the user's state before its batch
+            apply(processor, recommender, profiles, [click(f"d{u}", item, TS + 100 * u + j)])
+    detour = next(i for i in items if i not in ("kb", follows["kb"]))
+    apply(processor, recommender, profiles, [click("probe", "kb", TS + 10_000), click("probe", detour, TS + 10_001)])
+    ranked = [r.item_id for r in recommender.recommend(profiles["probe"], k=len(TITLES), exclude_clicked=True)]
+    assert ranked[0] == follows["kb"], (ranked, follows["kb"])
+    assert float(recommender.ranker.weights[FEATURES.index("transition_prev")]) > 0.5
+
+
 def rank_of_first_click(model, users_come_back: bool) -> tuple[int, float]:
     """60 users click three items each, the third either going back to their first or to a new one;
     then a new user who clicked the keyboard and then the pan: where does the keyboard rank for them?"""
@@ -146,6 +188,8 @@ def reference_features(recommender: Recommender, state) -> torch.Tensor:
             centroid = sum(v * vecs_all[row[k]] for k, v in following.items())
             sig["transition_cos"] = vecs_all @ F.normalize(centroid, dim=0)
         sig["seen"] = dense(dict.fromkeys(clicked, 1.0))
+        if len(clicked) >= 2 and clicked[-2] != clicked[-1]:
+            sig["transition_prev"] = dense(log_norm(stats.neighbours(stats.transitions, clicked[-2])))
         co = {}
         for item in clicked[-stats.coclick_window:]:
             for k, v in log_norm(stats.neighbours(stats.coclicks, item)).items():
