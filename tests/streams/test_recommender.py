@@ -103,7 +103,7 @@ def test_transition_prev_carries_what_followed_the_item_before_the_last(model) -
 
 
 def test_the_ranker_learns_the_item_two_clicks_back_when_the_last_click_was_a_detour(model) -> None:
-    """80 users click an item and then the one that always follows it, every other user with a detour
+    """80 users click an item and then the one that always follows it, half of them with a detour
     between the two; a new user who clicked the keyboard, then a detour: what follows the keyboard comes
     first, read from the item before the last."""
     settings = Settings(device="cpu")
