@@ -67,6 +67,8 @@ def test_end_to_end_report_is_consistent_with_the_recorded_rankings(kafka_bootst
             assert m["all"]["recall"] == pytest.approx(hits[(task, method)] / n[(task, method)])
         assert t["stale"] == 0, "the worker should apply every event before its user's next request"
         assert {"live", "popularity", "item_knn", "transitions", "zeroshot", "zeroshot_pop"} <= set(t["methods"])
+        # The per-click oracle over every method's list is at least each method's Recall@10.
+        assert t["headroom"]["any_method"] >= max(m["cold_1_5"]["recall"] for m in t["methods"].values())
 
     live = results["tasks"]["search_click"]["methods"]["live"]
     # A search just before the click makes the live list personal: far above popularity on this stream.
