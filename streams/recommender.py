@@ -90,6 +90,9 @@ class Signals:
     # (LinearRanker.metric_query): ``offsets`` then include the metric's term.
     metric_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
     prev_item: str | None = None  # the user's clicked item before ``last_item`` (transition_prev)
+    # item id -> the user's recent item it was co-clicked with most (:meth:`Recommender.coclick_sources`),
+    # set by a request whose explanations need it; None: the last item is named
+    coclick_source: dict[str, str] | None = None
 
     def row_of(self, positions: torch.Tensor) -> torch.Tensor:
         """Index rows of candidate positions."""
@@ -477,16 +480,31 @@ class Recommender:
                 sig.event_vectors = event_vectors(model, [state], self.settings.half_life_s)
             vecs, weights, _, _ = sig.event_vectors
             events_by_item = top_contributors_of_each(vecs, weights, item_vecs[rows], k=2)
+        if state is not None and any(FEATURES[f] == "coclick" for f in strongest):
+            sig.coclick_source = self.coclick_sources(state)
         out = []
         for j, (score, row) in enumerate(zip(vals[0].tolist(), rows)):
-            because = self._because(state, sig, FEATURES[strongest[j]], best[j], totals[j],
+            item_id = model.items.ids[row]
+            because = self._because(state, sig, item_id, FEATURES[strongest[j]], best[j], totals[j],
                                     events_by_item[j] if events_by_item is not None else [])
-            out.append(Recommendation(model.items.ids[row], float(score), model.items.text(row), because))
+            out.append(Recommendation(item_id, float(score), model.items.text(row), because))
         return out
 
-    def _because(self, state: ProfileState | None, sig: Signals, name: str, best: float, total: float,
-                 events_behind: list[tuple[int, float]]) -> list[dict]:
-        """The signal that adds most to this item's score (``name``, adding ``best`` of the positive
+    def coclick_sources(self, state: ProfileState) -> dict[str, str]:
+        """For each item co-clicked with the user's recent items, the one of them it was co-clicked with
+        most (log-normalised, as the ``coclick`` signal adds them; a tie goes to the newer item): the item
+        an explanation names. Only for a request whose shown items a co-click explains, so the ranker's
+        steps, which read the same signals, do not pay for it."""
+        stats, best = self.stats, {}
+        for item in state.clicked_items()[-stats.coclick_window:]:
+            for k, v in log_norm(stats.neighbours(stats.coclicks, item)).items():
+                if v >= best.get(k, (0.0, ""))[0]:
+                    best[k] = (v, item)
+        return {k: item for k, (_, item) in best.items()}
+
+    def _because(self, state: ProfileState | None, sig: Signals, item_id: str, name: str, best: float,
+                 total: float, events_behind: list[tuple[int, float]]) -> list[dict]:
+        """The signal that adds most to ``item_id``'s score (``name``, adding ``best`` of the positive
         ``total``), said in words; ``events_behind``: the user's events that pull the item up most
         (index into ``sig.event_vectors``' slots, share), for the profile signals."""
         if total <= 0.0:
@@ -497,17 +515,19 @@ class Recommender:
             search = events[-1]
             return [_entry("search", name, f"because you searched {sig.query!r}", share,
                            event_id=search.event_id, text=sig.query)]
-        if name == "transition_prev" and sig.prev_item:
-            return [_entry("transition", name, f"people who clicked {sig.prev_item} went on to click this", share,
-                           item_id=sig.prev_item)]
-        if name.startswith("transition") and sig.last_item:
-            return [_entry("transition", name, f"people who clicked {sig.last_item} next clicked this", share,
-                           item_id=sig.last_item)]
+        if name.startswith("transition"):
+            before_last = name == "transition_prev"
+            source = sig.prev_item if before_last else sig.last_item
+            if source:
+                then = "went on to click" if before_last else "next clicked"
+                return [_entry("transition", name, f"people who clicked {source} {then} this", share,
+                               item_id=source)]
         if name.startswith("seen") and sig.last_item:
             return [_entry("seen", name, "you clicked this before", share)]
         if name == "coclick" and sig.last_item:
-            return [_entry("coclick", name, f"people who clicked {sig.last_item} also clicked this", share,
-                           item_id=sig.last_item)]
+            source = (sig.coclick_source or {}).get(item_id, sig.last_item)
+            return [_entry("coclick", name, f"people who clicked {source} also clicked this", share,
+                           item_id=source)]
         if name in PROFILE_SIGNALS and events and events_behind:
             slots = sig.event_vectors[3]
             out = []

@@ -118,9 +118,13 @@ def test_the_ranker_learns_the_item_two_clicks_back_when_the_last_click_was_a_de
             apply(processor, recommender, profiles, [click(f"d{u}", item, TS + 100 * u + j)])
     detour = next(i for i in items if i not in ("kb", follows["kb"]))
     apply(processor, recommender, profiles, [click("probe", "kb", TS + 10_000), click("probe", detour, TS + 10_001)])
-    ranked = [r.item_id for r in recommender.recommend(profiles["probe"], k=len(TITLES), exclude_clicked=True)]
+    recs = recommender.recommend(profiles["probe"], k=len(TITLES), exclude_clicked=True)
+    ranked = [r.item_id for r in recs]
     assert ranked[0] == follows["kb"], (ranked, follows["kb"])
     assert float(recommender.ranker.weights[FEATURES.index("transition_prev")]) > 0.5
+    # Whatever signal explains it, the item named is the keyboard the detour followed, not the detour.
+    named = recs[0].because[0]
+    assert named["kind"] in ("transition", "coclick") and named["item_id"] == "kb", named
 
 
 def rank_of_first_click(model, users_come_back: bool) -> tuple[int, float]:
@@ -247,6 +251,7 @@ def reference_because(recommender: Recommender, state, features: torch.Tensor, r
                  "item_id": None, "share": 1.0}]
     name, share = FEATURES[int(positive.argmax())], round(float(positive.max()) / total, 3)
     sig = recommender.signals(state)
+    sig.coclick_source = recommender.coclick_sources(state)
     if name in PROFILE_SIGNALS:
         vecs, weights, _, slots = event_vectors(recommender.model, [state], recommender.settings.half_life_s)
         out = []
@@ -258,7 +263,8 @@ def reference_because(recommender: Recommender, state, features: torch.Tensor, r
         if out:
             return out
     # the other signals' wording is the recommender's own; here only which signal and its share
-    return [{**entry, "share": share} for entry in recommender._because(state, sig, name, share, 1.0, [])]
+    return [{**entry, "share": share} for entry in recommender._because(state, sig, recommender.model.items.ids[row], name,
+                                                                         share, 1.0, [])]
 
 
 def test_after_its_dense_steps_the_ranker_learns_from_one_click_in_n_and_the_statistics_from_all(model) -> None:
