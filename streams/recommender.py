@@ -31,7 +31,7 @@ from coldstart.model.retrieval import popularity_scores, top_k
 from coldstart.model.serving import ServingModel
 from coldstart.model.stats import RowStats, StreamStats, log_norm
 from coldstart.settings import Settings
-from coldstart.streams.state import ProfileState
+from coldstart.streams.state import ProfileState, RecentEvent
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Signals:
     # (LinearRanker.metric_query): ``offsets`` then include the metric's term.
     metric_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
     prev_item: str | None = None  # the user's clicked item before ``last_item`` (transition_prev)
+    click_query: RecentEvent | None = None  # the user's newest click that carried a query (click_query_memory)
     # item id -> the user's recent item it was co-clicked with most (:meth:`Recommender.coclick_sources`),
     # set by a request whose explanations need it; None: the last item is named
     coclick_source: dict[str, str] | None = None
@@ -216,7 +217,7 @@ class Recommender:
         events = state.events if state is not None else []
         n_events = state.n_events if state is not None and events else 0
         sparse: dict[str, dict[str, float]] = {}  # per-item statistics, by item id
-        query = last_item = prev_item = None
+        query = last_item = prev_item = click_query = None
         user_events = None
         profile = None
         # The dense text signals: every query vector (profile, newest events, last event, pending query,
@@ -253,6 +254,13 @@ class Recommender:
                 query = last.text
                 ask("query_cos", model.cache.encode(model.encoder, [query])[:1])
                 sparse["query_memory"] = log_norm(stats.query_items(query))
+            # The query behind the user's newest click (a click carries the query it answered, which the
+            # shop learns with it): what others clicked after that query. A source none of the others is
+            # when the visitor has not typed again (Best Buy profile only, whole log: +0.0035 Recall@10).
+            asked = next((e for e in reversed(events) if e.kind == "click" and e.text), None)
+            if asked is not None and asked.text != query:
+                click_query = asked
+                sparse["click_query_memory"] = log_norm(stats.query_items(asked.text))
             clicked = state.clicked_items()
             if clicked:
                 last_item = clicked[-1]
@@ -303,7 +311,7 @@ class Recommender:
             offsets = offsets.to(metric.device) + metric.float()
         metric_inputs = (item_vecs, profile[0]) if profile is not None and self.ranker.metric_lr > 0 else None
         return Signals(feature_matrix(sig, n_events, a, gap), offsets, item_valid, query, last_item, user_events, rows,
-                       log_weights, sampled, metric_inputs, prev_item)
+                       log_weights, sampled, metric_inputs, prev_item, click_query)
 
     def _prior_rows(self, items, n: int, now: float, n_events: int, a: float, gap: float = 0.0) -> torch.Tensor:
         """The :func:`prior_candidates` rows best by popularity, newness and offset for a user with
@@ -515,6 +523,10 @@ class Recommender:
             search = events[-1]
             return [_entry("search", name, f"because you searched {sig.query!r}", share,
                            event_id=search.event_id, text=sig.query)]
+        if name == "click_query_memory" and sig.click_query is not None:
+            asked = sig.click_query
+            return [_entry("search", name, f"people who searched {asked.text!r} clicked this", share,
+                           event_id=asked.event_id, text=asked.text)]
         if name.startswith("transition"):
             before_last = name == "transition_prev"
             source = sig.prev_item if before_last else sig.last_item

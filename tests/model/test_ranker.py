@@ -117,6 +117,35 @@ def test_a_checkpoint_without_item_biases_still_loads(tmp_path):
     assert why == "loaded" and float(loaded.weights[3]) == 2.0 and loaded.item_bias == {}
 
 
+def test_a_checkpoint_from_before_a_feature_was_added_keeps_what_it_learned(tmp_path):
+    """A worker upgraded to a coldstart with one more feature restarts from its checkpoint: every learned
+    weight and item bias kept under its feature's name, the new feature starting as a fresh ranker's."""
+    from safetensors.torch import save_file
+
+    from coldstart.model.ranker import load_ranker
+
+    added = "click_query_memory"
+    old_features = [f for f in FEATURES if f != added]
+    r = LinearRanker()
+    r.weights = torch.arange(len(FEATURES), dtype=torch.float32) + 1.0
+    r.item_bias, r.item_bias_sq = {"sku1": 0.7}, {"sku1": 3.0}
+    state = r.state_dict()
+    keep = torch.tensor([FEATURES.index(f) for f in old_features])
+    state["weights"], state["grad_sq"] = state["weights"][keep], state["grad_sq"][keep] * 2.0
+    save_file(state, str(tmp_path / "ranker.safetensors"), metadata={"features": ",".join(old_features)})
+    loaded, why = load_ranker(tmp_path / "ranker.safetensors")
+    assert loaded is not None and why.endswith(f"features added since it was saved: {added}"), why
+    for name in old_features:
+        assert float(loaded.weights[FEATURES.index(name)]) == float(r.weights[FEATURES.index(name)]), name
+        assert float(loaded.grad_sq[FEATURES.index(name)]) == 2.0
+    assert float(loaded.weights[FEATURES.index(added)]) == 0.0 and float(loaded.grad_sq[FEATURES.index(added)]) == 1.0
+    assert loaded.item_bias == {"sku1": pytest.approx(0.7)}
+    # a checkpoint that reads a feature this code no longer computes is not used
+    gone = old_features[:-1] + ["a_signal_removed_since"]
+    save_file(state, str(tmp_path / "ranker.safetensors"), metadata={"features": ",".join(gone)})
+    assert load_ranker(tmp_path / "ranker.safetensors") == (None, "learned over another list of features")
+
+
 def test_no_item_biases_when_turned_off():
     r = LinearRanker(bias_lr=0.0)
     feats = torch.rand(5, len(FEATURES), generator=torch.Generator().manual_seed(4))

@@ -36,8 +36,8 @@ def model() -> ServingModel:
     return m
 
 
-def click(user: str, item_id: str, ts: float) -> ClickEvent:
-    return ClickEvent(f"c{next(_ids)}", user, ts, item_id, None)
+def click(user: str, item_id: str, ts: float, query: str | None = None) -> ClickEvent:
+    return ClickEvent(f"c{next(_ids)}", user, ts, item_id, query)
 
 
 def apply(processor: BatchProcessor, recommender: Recommender, profiles: dict, events: list) -> None:
@@ -127,6 +127,39 @@ def test_the_ranker_learns_the_item_two_clicks_back_when_the_last_click_was_a_de
     assert named["kind"] in ("transition", "coclick") and named["item_id"] == "kb", named
 
 
+def test_click_query_memory_carries_what_others_clicked_after_the_query_of_the_newest_click(model) -> None:
+    """A visitor who clicked the stapler from a search for "office supplies" and has not typed since:
+    what others clicked after that query is a signal, named by the query in the explanation; once the
+    visitor searches again the pending query speaks for itself and the column says nothing new."""
+    settings = Settings(device="cpu")
+    processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
+    for u in range(4):  # others answered "office supplies" with the clips (three) and the stapler (one)
+        apply(processor, recommender, profiles, [click(f"o{u}", "st" if u == 0 else "clip", TS + u, "office supplies")])
+    apply(processor, recommender, profiles, [click("u5", "st", TS + 10, "office supplies"), click("u5", "pan", TS + 11)])
+    state = profiles["u5"]
+    sig = recommender.signals(state)
+    row, ids = model.items.row, model.items.ids
+    cqm = column(sig, "click_query_memory")
+    # the newest click that carried a query, not the newest click: the pan answered none
+    assert sig.click_query is not None and sig.click_query.text == "office supplies"
+    assert {ids[r] for r in cqm.nonzero().flatten().tolist()} == {"clip", "st"}
+    assert float(cqm[row["clip"]]) == pytest.approx(1.0) and 0.0 < float(cqm[row["st"]]) < 1.0
+    assert float(column(sig, "query_memory").abs().sum()) == 0.0  # nothing typed since
+    # a ranker that reads only this column: the clips first, because of the query the stapler answered
+    recommender.ranker.weights.zero_()
+    recommender.ranker.weights[FEATURES.index("click_query_memory")] = 5.0
+    recommender.ranker.item_bias.clear()
+    top = recommender.recommend(state, k=3, exclude_clicked=True)[0]
+    assert top.item_id == "clip", top
+    assert top.because[0]["reason"] == "people who searched 'office supplies' clicked this", top.because
+    assert top.because[0]["event_id"] == state.events[0].event_id and top.because[0]["kind"] == "search"
+    # the same query typed again: query_memory holds it, click_query_memory stays empty
+    apply(processor, recommender, profiles, [SearchEvent(f"q{next(_ids)}", "u5", TS + 12, "office supplies", None)])
+    sig = recommender.signals(profiles["u5"])
+    assert float(column(sig, "query_memory")[row["clip"]]) == pytest.approx(1.0)
+    assert float(column(sig, "click_query_memory").abs().sum()) == 0.0 and sig.click_query is None
+
+
 def rank_of_first_click(model, users_come_back: bool) -> tuple[int, float]:
     """60 users click three items each, the third either going back to their first or to a new one;
     then a new user who clicked the keyboard and then the pan: where does the keyboard rank for them?"""
@@ -184,6 +217,9 @@ def reference_features(recommender: Recommender, state) -> torch.Tensor:
     if last.kind == "search":
         sig["query_cos"] = vecs_all @ model.cache.encode(model.encoder, [last.text])[0]
         sig["query_memory"] = dense(log_norm(stats.query_items(last.text)))
+    asked = [e.text for e in events if e.kind == "click" and e.text]
+    if asked and not (last.kind == "search" and last.text == asked[-1]):
+        sig["click_query_memory"] = dense(log_norm(stats.query_items(asked[-1])))
     clicked = state.clicked_items()
     if clicked:
         following = log_norm(stats.neighbours(stats.transitions, clicked[-1]))
@@ -217,7 +253,9 @@ def test_the_read_path_equals_the_item_by_item_reference(model) -> None:
     processor, recommender, profiles = BatchProcessor(settings, model), Recommender(settings, model), {}
     items, kinds = list(TITLES), set()
     for u in range(12):
-        events = [click(f"s{u}", items[(u + j * 3) % len(items)], TS + 50 * u + j) for j in range(3)]
+        # some clicks carry the query they answered (click_query_memory)
+        events = [click(f"s{u}", items[(u + j * 3) % len(items)], TS + 50 * u + j,
+                        query="office supplies" if (u + j) % 4 == 1 else None) for j in range(3)]
         if u % 3 == 0:
             events.append(SearchEvent(f"q{next(_ids)}", f"s{u}", TS + 50 * u + 5, "gaming keyboard", None))
         apply(processor, recommender, profiles, events + events[:1])
