@@ -293,7 +293,7 @@ def importance_batch_times(n: int, dev: torch.device, batches: int = 5, events: 
 
 def ranker_request_times(index: ItemIndex, requests: int, dev: torch.device, settings=None,
                          clicks: int = 50_000) -> dict:
-    """What ``GET /users/{id}/recommendations`` computes: the learned ranker over all 20 signals of every
+    """What ``GET /users/{id}/recommendations`` computes: the learned ranker over all 21 signals of every
     item, for users with 3 clicks on items with stream statistics (transitions, co-clicks, popularity
     for 50,000 clicks), top 10 with an explanation: p50 / p99 wall time, p50 of this thread's CPU time
     (less sensitive to other jobs on the cores) and the median cost of one ``learn_clicks`` call of one
