@@ -282,8 +282,8 @@ class Worker:
         ranker, why = load_ranker(self.ranker_path)
         if ranker is None and why != "no saved ranker":
             log.warning("ranker checkpoint %s not used, starting from the initial weights: %s", self.ranker_path, why)
-        elif ranker is not None:
-            log.info("ranker restored from %s (%d steps)", self.ranker_path, ranker.steps)
+        elif ranker is not None:  # why: "loaded", or which features an upgrade added (they start at 0)
+            log.info("ranker restored from %s (%d steps): %s", self.ranker_path, ranker.steps, why)
         return ranker
 
     async def save_ranker(self) -> None:
